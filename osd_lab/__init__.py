@@ -1,0 +1,1 @@
+"""osd_lab: speculative decoding, from scratch to an online speculative decoder."""

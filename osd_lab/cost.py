@@ -1,0 +1,75 @@
+"""When does speculation pay? The cost model of Leviathan et al. (2023), section 3.
+
+With acceptance rate alpha (assumed the same at every position), draft length
+gamma, and cost ratio c = (draft step time) / (target step time):
+
+* expected tokens per target call: (1 - alpha^(gamma + 1)) / (1 - alpha)
+* expected speedup over autoregressive decoding:
+  (1 - alpha^(gamma + 1)) / ((1 - alpha) (gamma c + 1))
+
+The model assumes the target verifies gamma + 1 tokens as fast as it decodes
+one; ``measure_verify_ratio`` measures how true that is on your device.
+Taught in ``notebooks/03_when_is_it_fast``.
+"""
+
+import torch
+from transformers import DynamicCache
+
+from osd_lab.decoding import clock
+from osd_lab.metrics import decode_step_time
+
+
+def _check(alpha, draft_len):
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if int(draft_len) != draft_len or draft_len < 0:
+        raise ValueError(f"draft_len must be an integer >= 0, got {draft_len}")
+
+
+def expected_tokens_per_step(alpha: float, draft_len: int) -> float:
+    """Expected tokens produced per target call (accepted drafts + one from the target)."""
+    _check(alpha, draft_len)
+    if alpha == 1:
+        return draft_len + 1.0
+    return (1 - alpha ** (draft_len + 1)) / (1 - alpha)
+
+
+def speedup(alpha: float, draft_len: int, cost_ratio: float) -> float:
+    """Expected wall-time speedup over autoregressive decoding with the target."""
+    if cost_ratio < 0:
+        raise ValueError(f"cost_ratio must be >= 0, got {cost_ratio}")
+    return expected_tokens_per_step(alpha, draft_len) / (draft_len * cost_ratio + 1)
+
+
+def optimal_draft_len(alpha: float, cost_ratio: float, max_draft_len: int = 32) -> int:
+    """The draft length in [1, max_draft_len] with the highest expected speedup."""
+    return max(range(1, max_draft_len + 1), key=lambda g: speedup(alpha, g, cost_ratio))
+
+
+def measure_cost_ratio(pair) -> float:
+    """c = draft step time / target step time, measured on the pair's device."""
+    return decode_step_time(pair.draft) / decode_step_time(pair.target)
+
+
+@torch.inference_mode()
+def measure_verify_ratio(model, num_tokens: int, prompt_len: int = 32, repeats: int = 20) -> float:
+    """Time of one forward pass over ``num_tokens`` new tokens / one over a single token.
+
+    Near 1 on a GPU for small ``num_tokens`` (the weights are read once either
+    way); on a CPU it grows with ``num_tokens`` and eats into the speedup.
+    """
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len + num_tokens),
+                        generator=torch.Generator().manual_seed(0)).to(model.device)
+
+    def time_pass(n):
+        times = []
+        for _ in range(repeats):
+            cache = DynamicCache(config=model.config)
+            model(ids[:, :prompt_len], past_key_values=cache)
+            start = clock(model.device)
+            model(ids[:, prompt_len:prompt_len + n], past_key_values=cache)
+            times.append(clock(model.device) - start)
+        return sorted(times)[len(times) // 2]
+
+    time_pass(1)  # warm up
+    return time_pass(num_tokens) / time_pass(1)

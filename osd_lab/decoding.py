@@ -1,0 +1,253 @@
+"""Autoregressive and speculative decoding, both with KV caches.
+
+* ``autoregressive_generate``: one forward pass per new token. With the cache,
+  each pass feeds only the newest token and attends to the keys and values
+  stored for the prefix; without it, each pass re-reads the whole sequence.
+  Taught in ``notebooks/01_sampling_and_kv_cache``.
+* ``speculative_generate``: a draft proposes ``draft_len`` tokens, the target
+  scores them all in one pass, ``verify`` keeps a prefix of them, and both
+  caches are cropped back to what was kept. Taught in
+  ``notebooks/02_speculative_decoding`` and ``03_when_is_it_fast``.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from osd_lab.models import output_vocab_size
+from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
+from osd_lab.verify import overlap, verify
+
+
+@dataclass
+class GenerationOutput:
+    """New tokens ``(N,)`` and what it cost to make them."""
+
+    tokens: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The longest sequence the model's position embeddings allow (None: unknown)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
+
+
+def check_prompt(model: PreTrainedModel, input_ids, max_new_tokens: int) -> torch.Tensor:
+    """Validate a prompt and length; return ids of shape ``(1, T)`` on the model's device."""
+    if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens \
+            or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"expected one prompt of shape (T,) or (1, T), got "
+                         f"{tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("empty prompt: give at least one token (e.g. the BOS token)")
+    limit = context_length(model)
+    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens "
+                         f"({max_new_tokens}) exceeds the model's context of {limit} "
+                         f"tokens: shorten the prompt or ask for fewer tokens")
+    return input_ids.to(model.device)
+
+
+def clock(device: torch.device) -> float:
+    """Wall time in seconds, after waiting for queued GPU work to finish."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@torch.inference_mode()
+def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: int,
+                            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                            eos_token_id: int | None = None,
+                            generator: torch.Generator | None = None,
+                            use_cache: bool = True) -> GenerationOutput:
+    """Generate up to ``max_new_tokens`` tokens, one forward pass each.
+
+    input_ids: ``(T,)`` or ``(1, T)`` prompt token ids.
+    temperature, top_k, top_p: see ``logits_to_probs``; temperature 0 is greedy
+        and then equals ``model.generate(do_sample=False)`` token for token.
+    eos_token_id: stop after this token (it is included in the output).
+    generator: a ``torch.Generator`` on the model's device, for reproducible sampling.
+    use_cache: keep a KV cache (the default); False re-runs the whole sequence
+        at every step, to show what the cache saves.
+
+    Returns ``GenerationOutput(tokens (N,), stats)`` with ``stats`` holding
+    ``new_tokens``, ``forward_passes``, ``wall_time_s`` and ``tokens_per_s``.
+    """
+    input_ids = check_prompt(model, input_ids, max_new_tokens)
+    check_sampling_args(temperature, top_k, top_p)
+    start = clock(model.device)
+    cache = DynamicCache(config=model.config) if use_cache else None
+    sequence = input_ids  # (1, T + generated so far)
+    step_input = input_ids  # what the next forward pass reads
+    new_tokens = []
+    for _ in range(max_new_tokens):
+        # 1. one forward pass: only the last position's logits matter
+        logits = model(step_input, past_key_values=cache, use_cache=use_cache).logits[:, -1]
+        # 2. logits -> probabilities -> one token, shape (1,)
+        token = sample(logits_to_probs(logits, temperature, top_k, top_p), generator)
+        new_tokens.append(token)
+        sequence = torch.cat([sequence, token[:, None]], dim=1)
+        # 3. with a cache the next pass reads one token; without, everything
+        step_input = token[:, None] if use_cache else sequence
+        if eos_token_id is not None and token.item() == eos_token_id:
+            break
+    wall = clock(model.device) - start
+    tokens = torch.cat(new_tokens)
+    stats = dict(new_tokens=len(tokens), forward_passes=len(new_tokens),
+                 wall_time_s=wall, tokens_per_s=len(tokens) / wall)
+    return GenerationOutput(tokens, stats)
+
+
+# -----------------------------------------------------------------------------
+# speculative decoding
+
+DRAFT_LEN_POLICIES = ("constant", "heuristic")
+
+
+def next_draft_len(policy: str, draft_len: int, num_accepted: int) -> int:
+    """The draft length for the next step.
+
+    "constant" keeps it; "heuristic" (transformers' assisted generation) adds 2
+    after a fully accepted block and removes 1 (down to 1) otherwise.
+    """
+    if policy == "heuristic":
+        return draft_len + 2 if num_accepted == draft_len else max(1, draft_len - 1)
+    return draft_len
+
+
+def check_pair(target, draft, draft_len, draft_len_policy, vocab_size):
+    """Validate a (target, draft) pair; return the vocabulary size both score."""
+    if isinstance(draft_len, bool) or int(draft_len) != draft_len or draft_len < 1:
+        raise ValueError(f"draft_len must be an integer >= 1, got {draft_len!r}")
+    if draft_len_policy not in DRAFT_LEN_POLICIES:
+        raise ValueError(f"draft_len_policy must be one of {DRAFT_LEN_POLICIES}, "
+                         f"got {draft_len_policy!r}")
+    if target.device != draft.device:
+        raise ValueError(f"target is on {target.device} but draft on {draft.device}: "
+                         f"move both to one device, e.g. draft.to(target.device)")
+    sizes = output_vocab_size(target), output_vocab_size(draft)
+    if vocab_size is None:
+        if sizes[0] != sizes[1]:
+            raise ValueError(
+                f"target scores {sizes[0]} tokens but draft {sizes[1]}: different "
+                f"vocabularies. If both share one tokenizer and only pad their "
+                f"embeddings differently, pass vocab_size=len(tokenizer) "
+                f"(load_pair's ModelPair.vocab_size).")
+        vocab_size = sizes[0]
+    if vocab_size > min(sizes):
+        raise ValueError(f"vocab_size={vocab_size} but the models score {sizes} tokens")
+    return vocab_size
+
+
+@torch.inference_mode()
+def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_ids,
+                         max_new_tokens: int, draft_len: int = 4, temperature: float = 0.0,
+                         top_k: int = 0, top_p: float = 1.0, eos_token_id: int | None = None,
+                         generator: torch.Generator | None = None,
+                         draft_len_policy: str = "constant",
+                         vocab_size: int | None = None) -> GenerationOutput:
+    """Speculative decoding of one prompt: the output is distributed as the target's.
+
+    input_ids: ``(T,)`` or ``(1, T)`` prompt token ids.
+    draft_len: tokens the draft proposes per step (gamma); the starting value
+        when ``draft_len_policy="heuristic"`` adapts it.
+    temperature, top_k, top_p: applied to both models' logits; temperature 0 is
+        greedy, and the output then equals greedy ``autoregressive_generate``.
+    vocab_size: compare logits on ids ``[0, vocab_size)``, for pairs that pad
+        their vocabularies differently (default: both must be equal).
+
+    Returns ``GenerationOutput(tokens (N,), stats)``; ``stats`` has, per step,
+    ``alpha`` (exact sum_v min(p, q) at each drafted position), ``accepted``
+    and ``draft_lens``; and ``acceptance_by_position``, ``mean_alpha``, ``tau``
+    (new tokens per target call), ``target_calls``, ``draft_calls``,
+    ``new_tokens``, ``wall_time_s`` and ``tokens_per_s``.
+    """
+    input_ids = check_prompt(target, input_ids, max_new_tokens)
+    check_prompt(draft, input_ids, max_new_tokens)
+    check_sampling_args(temperature, top_k, top_p)
+    vocab_size = check_pair(target, draft, draft_len, draft_len_policy, vocab_size)
+
+    def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
+        return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)
+
+    start = clock(target.device)
+    stats = dict(alpha=[], accepted=[], draft_lens=[], target_calls=0, draft_calls=0)
+    target_cache = DynamicCache(config=target.config)
+    draft_cache = DynamicCache(config=draft.config)
+    # Invariant: both caches hold every token but the last; the models have yet
+    # to read `pending` (the draft also x_G after a fully accepted block).
+    if input_ids.shape[1] > 1:
+        target(input_ids[:, :-1], past_key_values=target_cache)
+        draft(input_ids[:, :-1], past_key_values=draft_cache)
+    target_pending = draft_pending = input_ids[:, -1:]  # (1, 1)
+    new_tokens = []  # list of (n,) tensors
+    num_new, gamma = 0, draft_len
+    while num_new < max_new_tokens:
+        g = min(gamma, max_new_tokens - num_new - 1)  # leave room for the next token
+        # 1. the draft proposes g tokens, one forward pass each
+        drafted, q = [], []
+        draft_input = draft_pending
+        for _ in range(g):
+            q_i = probs(draft(draft_input, past_key_values=draft_cache).logits[:, -1])
+            x_i = sample(q_i, generator)  # (1,)
+            drafted.append(x_i)
+            q.append(q_i)
+            draft_input = x_i[:, None]
+        stats["draft_calls"] += g
+        drafted = torch.stack(drafted, 1) if g else input_ids.new_zeros(1, 0)  # (1, g)
+        q = torch.stack(q, 1) if g else None  # (1, g, V)
+        # 2. the target scores pending + all drafted tokens in one pass
+        target_input = torch.cat([target_pending, drafted], dim=1)  # (1, g + 1)
+        p = probs(target(target_input, past_key_values=target_cache).logits)  # (1, g+1, V)
+        stats["target_calls"] += 1
+        # 3. keep a prefix of the draft, then one token from the target
+        if g:
+            result = verify(p, q, drafted, generator)
+            n, next_token = int(result.num_accepted), result.next_token
+            stats["alpha"].append(overlap(p[0, :g], q[0]).tolist())
+        else:
+            n, next_token = 0, sample(p[:, 0], generator)
+        stats["accepted"].append(n)
+        stats["draft_lens"].append(g)
+        step_tokens = torch.cat([drafted[0, :n], next_token])  # (n + 1,)
+        # 4. roll the caches back to "all but the newest token"
+        target_cache.crop(-(g - n))  # it read pending + x_1..x_g; keep up to x_n
+        if n < g:
+            draft_cache.crop(-(g - 1 - n))  # it read pending + x_1..x_{g-1}
+            draft_pending = next_token[:, None]
+        else:  # all accepted: the draft has not read x_g (nor pending, if g = 0)
+            unread = drafted[:, -1:] if g else draft_pending
+            draft_pending = torch.cat([unread, next_token[:, None]], dim=1)
+        target_pending = next_token[:, None]
+        # 5. stop at EOS (inclusive) or at max_new_tokens
+        if eos_token_id is not None and (step_tokens == eos_token_id).any():
+            first_eos = int((step_tokens == eos_token_id).nonzero()[0])
+            new_tokens.append(step_tokens[:first_eos + 1])
+            break
+        new_tokens.append(step_tokens)
+        num_new += n + 1
+        gamma = next_draft_len(draft_len_policy, gamma, n) if g == gamma else gamma
+
+    wall = clock(target.device) - start
+    tokens = torch.cat(new_tokens)
+    drafted_at = [sum(g > i for g in stats["draft_lens"]) for i in range(max(stats["draft_lens"]))]
+    accepted_at = [sum(n > i for n in stats["accepted"]) for i in range(len(drafted_at))]
+    all_alpha = [a for step in stats["alpha"] for a in step]
+    stats.update(
+        new_tokens=len(tokens), wall_time_s=wall, tokens_per_s=len(tokens) / wall,
+        tau=len(tokens) / stats["target_calls"],
+        mean_alpha=sum(all_alpha) / len(all_alpha) if all_alpha else float("nan"),
+        acceptance_by_position=[a / d for a, d in zip(accepted_at, drafted_at)])
+    return GenerationOutput(tokens, stats)

@@ -1,0 +1,68 @@
+"""How good is a model, and how well does a draft match its target?
+
+* ``perplexity``: exp of the mean next-token loss on held-out text.
+* ``acceptance_along_greedy``: the exact acceptance rate
+  alpha = sum_v min(p(v), q(v)) of target p and draft q at each position of
+  the target's own greedy continuation, and how often the two argmaxes agree.
+* ``decode_step_time``: seconds per KV-cached decoding step.
+Taught in ``notebooks/00_meet_the_zoo``.
+"""
+
+import math
+
+import torch
+from transformers import DynamicCache
+
+from osd_lab.decoding import autoregressive_generate, clock
+from osd_lab.sampling import logits_to_probs
+from osd_lab.verify import overlap
+
+
+@torch.inference_mode()
+def perplexity(model, tokenizer, texts, max_len: int = 256) -> float:
+    """Per-token perplexity of ``model`` on ``texts`` (each cut to ``max_len`` tokens)."""
+    total_loss, total_tokens = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_len].to(model.device)
+        n = ids.shape[1] - 1  # number of predicted tokens
+        total_loss += model(ids, labels=ids).loss.item() * n
+        total_tokens += n
+    return math.exp(total_loss / total_tokens)
+
+
+@torch.inference_mode()
+def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
+                            temperature: float = 1.0, vocab_size: int | None = None) -> dict:
+    """Alpha and greedy agreement along the target's greedy continuation of a prompt.
+
+    input_ids: ``(1, T)`` prompt. The target continues it greedily for
+    ``num_tokens`` tokens; both models then score the whole sequence in one
+    pass, and at each continuation position we compare their distributions
+    (processed at ``temperature``) on the first ``vocab_size`` ids.
+    Returns ``{"alpha": (N,), "agree": (N,) bool}`` tensors.
+    """
+    continuation = autoregressive_generate(target, input_ids, num_tokens).tokens
+    sequence = torch.cat([input_ids.to(target.device), continuation[None]], dim=1)
+    prompt_len = input_ids.shape[1]
+    positions = slice(prompt_len - 1, sequence.shape[1] - 1)  # predict each new token
+    p_logits = target(sequence).logits[0, positions, :vocab_size]  # (N, V)
+    q_logits = draft(sequence).logits[0, positions, :vocab_size]  # (N, V)
+    p = logits_to_probs(p_logits, temperature)
+    q = logits_to_probs(q_logits, temperature)
+    return {"alpha": overlap(p, q), "agree": p_logits.argmax(-1) == q_logits.argmax(-1)}
+
+
+@torch.inference_mode()
+def decode_step_time(model, prompt_len: int = 32, steps: int = 64, repeats: int = 3) -> float:
+    """Median seconds per one-token forward pass with a KV cache (batch 1)."""
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len),
+                        generator=torch.Generator().manual_seed(0)).to(model.device)
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up and is dropped
+        cache = DynamicCache(config=model.config)
+        token = model(ids, past_key_values=cache).logits[:, -1:].argmax(-1)
+        start = clock(model.device)
+        for _ in range(steps):
+            token = model(token, past_key_values=cache).logits[:, -1:].argmax(-1)
+        times.append((clock(model.device) - start) / steps)
+    return sorted(times[1:])[len(times[1:]) // 2]

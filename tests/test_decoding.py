@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from conftest import ARCHITECTURES, TINY_VOCAB, tiny_model
+from osd_lab.decoding import autoregressive_generate
+
+
+def hf_greedy(model, input_ids, max_new_tokens):
+    out = model.generate(input_ids, do_sample=False, max_new_tokens=max_new_tokens,
+                         min_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0,
+                         attention_mask=torch.ones_like(input_ids))
+    return out[0, input_ids.shape[1]:]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_matches_transformers_tiny(arch, seed):
+    model = tiny_model(arch, seed)
+    prompt = torch.randint(2, TINY_VOCAB, (1, 5 + seed), generator=torch.Generator().manual_seed(seed))
+    ours = autoregressive_generate(model, prompt, 24).tokens
+    assert torch.equal(ours, hf_greedy(model, prompt, 24))
+
+
+def test_greedy_matches_transformers_zoo(zoo):
+    from osd_lab.zoo.corpus import DOMAINS, load_corpus
+    for domain in DOMAINS:
+        prompt = zoo.tokenizer(load_corpus()[domain]["prompts"][0], return_tensors="pt").input_ids
+        for model in (zoo.target, zoo.draft):
+            ours = autoregressive_generate(model, prompt, 20).tokens
+            assert torch.equal(ours, hf_greedy(model, prompt, 20)), domain
+
+
+def test_cache_does_not_change_output():
+    model = tiny_model("llama")
+    prompt = torch.tensor([[0, 5, 9, 3]])
+    with_cache = autoregressive_generate(model, prompt, 12, temperature=1.0,
+                                         generator=torch.Generator().manual_seed(0))
+    without = autoregressive_generate(model, prompt, 12, temperature=1.0, use_cache=False,
+                                      generator=torch.Generator().manual_seed(0))
+    assert torch.equal(with_cache.tokens, without.tokens)
+    assert with_cache.stats["forward_passes"] == 12 and with_cache.stats["tokens_per_s"] > 0
+
+
+def test_seeded_sampling_is_reproducible_and_varies_with_seed():
+    model = tiny_model("gpt2")
+    prompt = torch.tensor([3, 4, 5])
+    runs = [autoregressive_generate(model, prompt, 16, temperature=1.5,
+                                    generator=torch.Generator().manual_seed(s)).tokens
+            for s in (0, 0, 1)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_eos_stops_generation_and_is_kept():
+    model = tiny_model("qwen2")
+    prompt = torch.tensor([[0, 7, 8]])
+    full = autoregressive_generate(model, prompt, 10).tokens
+    eos = int(full[3])
+    stopped = autoregressive_generate(model, prompt, 10, eos_token_id=eos).tokens
+    first = full.tolist().index(eos)
+    assert stopped.tolist() == full[:first + 1].tolist()
+
+
+@pytest.mark.parametrize("prompt, max_new_tokens, message", [
+    (torch.zeros(1, 0, dtype=torch.long), 5, "empty prompt"),
+    ([], 5, "empty prompt"),
+    (torch.tensor([[1, 2]]), 0, "max_new_tokens"),
+    (torch.tensor([[1, 2]]), -3, "max_new_tokens"),
+    (torch.tensor([[1, 2]]), 2.5, "max_new_tokens"),
+    (torch.ones(1, 120, dtype=torch.long), 20, "context of 128"),
+    (torch.ones(1, 200, dtype=torch.long), 1, "context of 128"),
+    (torch.ones(2, 3, dtype=torch.long), 1, "one prompt"),
+])
+def test_bad_input(prompt, max_new_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        autoregressive_generate(tiny_model("llama"), prompt, max_new_tokens)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_k=-2)])
+def test_bad_sampling_settings(kwargs):
+    with pytest.raises(ValueError):
+        autoregressive_generate(tiny_model("llama"), [0, 1], 3, **kwargs)
+
+
+def test_nan_logits_are_reported():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.get_output_embeddings().weight[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        autoregressive_generate(model, [0, 1], 3)

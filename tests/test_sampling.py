@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from osd_lab.sampling import get_device, logits_to_probs, sample, set_seed
+
+
+def test_temperature_one_is_softmax():
+    logits = torch.randn(3, 5, 17)
+    assert torch.allclose(logits_to_probs(logits), torch.softmax(logits, -1))
+
+
+def test_temperature_zero_is_one_hot_argmax_first_on_ties():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0]])
+    assert logits_to_probs(logits, temperature=0).tolist() == [[0, 1, 0, 0]]
+
+
+def test_temperature_scales_logits():
+    logits = torch.tensor([0.0, math.log(4.0)])
+    probs = logits_to_probs(logits, temperature=2.0)  # exp(log4 / 2) = 2 -> 1:2
+    assert torch.allclose(probs, torch.tensor([1 / 3, 2 / 3]))
+
+
+def test_top_k_keeps_k_largest():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    probs = logits_to_probs(logits, top_k=2)
+    expected = torch.softmax(torch.tensor([2.0, 3.0]), -1)
+    assert probs[0, :2].eq(0).all() and torch.allclose(probs[0, 2:], expected)
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs_in = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    probs = logits_to_probs(probs_in.log(), top_p=0.8)  # 0.5 + 0.3 reaches 0.8
+    assert torch.allclose(probs, torch.tensor([0.625, 0.375, 0, 0]))
+    probs = logits_to_probs(probs_in.log(), top_p=0.81)  # needs the third token too
+    assert torch.allclose(probs, torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95)
+    tiny = logits_to_probs(probs_in.log(), top_p=1e-6)  # always keeps the top token
+    assert tiny.tolist() == [1, 0, 0, 0]
+
+
+def test_filters_match_transformers_warpers():
+    from transformers.generation.logits_process import (TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    warped = TemperatureLogitsWarper(0.7)(None, logits.clone())
+    warped = TopKLogitsWarper(20)(None, warped)
+    warped = TopPLogitsWarper(0.9)(None, warped)
+    ours = logits_to_probs(logits, temperature=0.7, top_k=20, top_p=0.9)
+    assert torch.allclose(ours, torch.softmax(warped, -1), atol=1e-6)
+
+
+def test_sample_shapes_and_seeded():
+    probs = torch.softmax(torch.randn(2, 3, 11), -1)
+    a = sample(probs, torch.Generator().manual_seed(1))
+    b = sample(probs, torch.Generator().manual_seed(1))
+    assert a.shape == (2, 3) and torch.equal(a, b)
+
+
+def test_sample_frequencies_follow_probs():
+    probs = torch.tensor([0.1, 0.2, 0.7]).expand(20000, 3)
+    counts = torch.bincount(sample(probs, torch.Generator().manual_seed(0)), minlength=3)
+    assert torch.allclose(counts / 20000, probs[0], atol=0.015)
+
+
+def test_set_seed_reproducible():
+    set_seed(3)
+    a = torch.rand(3)
+    set_seed(3)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_get_device():
+    assert get_device().type in {"cuda", "mps", "cpu"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=-0.5), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_k=1.5), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+])
+def test_bad_sampling_args(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        logits_to_probs(torch.randn(5), **kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_logits(bad):
+    logits = torch.randn(2, 5)
+    logits[1, 2] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        logits_to_probs(logits)

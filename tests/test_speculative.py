@@ -1,0 +1,175 @@
+import math
+
+import pytest
+import torch
+
+from conftest import ARCHITECTURES, noisy_copy, tiny_model
+from osd_lab.decoding import autoregressive_generate, speculative_generate
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_greedy_equals_autoregressive_tiny(arch):
+    target = tiny_model(arch, seed=0)
+    noisy, other = noisy_copy(target, 0.2, seed=1), tiny_model(arch, seed=5, layers=1)
+    accepted = drafted = 0
+    for seed in range(3):
+        prompt = torch.randint(2, 90, (1, 3 + 2 * seed),
+                               generator=torch.Generator().manual_seed(seed))
+        expected = autoregressive_generate(target, prompt, 20).tokens
+        for draft, draft_lens in ((noisy, range(1, 9)), (other, (1, 3, 8))):
+            for draft_len in draft_lens:
+                out = speculative_generate(target, draft, prompt, 20, draft_len=draft_len)
+                assert torch.equal(out.tokens, expected), (seed, draft_len)
+                if draft is noisy:
+                    accepted += sum(out.stats["accepted"])
+                    drafted += sum(out.stats["draft_lens"])
+    # the noisy draft exercises both accepted and rejected tokens
+    assert 0.1 < accepted / drafted < 0.95
+
+
+def test_greedy_equals_autoregressive_zoo(zoo):
+    from osd_lab.zoo.corpus import DOMAINS, load_corpus
+    corpus = load_corpus()
+    accepted = 0
+    for domain in DOMAINS:
+        for i in range(2):
+            prompt = zoo.tokenizer(corpus[domain]["prompts"][i], return_tensors="pt").input_ids
+            expected = autoregressive_generate(zoo.target, prompt, 24).tokens
+            for draft_len in range(1, 9):
+                out = speculative_generate(zoo.target, zoo.draft, prompt, 24,
+                                           draft_len=draft_len, vocab_size=zoo.vocab_size)
+                assert torch.equal(out.tokens, expected), (domain, i, draft_len)
+                accepted += sum(out.stats["accepted"])
+    assert accepted > 0
+
+
+def test_heuristic_draft_len_is_exact_and_adapts():
+    target = tiny_model("llama")
+    draft = noisy_copy(target, 0.3)
+    prompt = torch.tensor([[0, 4, 9]])
+    out = speculative_generate(target, draft, prompt, 40, draft_len=2, draft_len_policy="heuristic")
+    assert torch.equal(out.tokens, autoregressive_generate(target, prompt, 40).tokens)
+    assert len(set(out.stats["draft_lens"])) > 1
+
+
+def test_stats_are_consistent():
+    target = tiny_model("qwen2")
+    out = speculative_generate(target, noisy_copy(target, 0.5), [0, 3, 4], 25, draft_len=3)
+    s = out.stats
+    assert s["new_tokens"] == len(out.tokens) == 25
+    assert s["target_calls"] == len(s["accepted"]) and s["draft_calls"] == sum(s["draft_lens"])
+    assert s["tau"] == pytest.approx(25 / s["target_calls"])
+    assert all(0 <= a <= 1 + 1e-6 for step in s["alpha"] for a in step)
+    assert len(s["acceptance_by_position"]) == 3
+    assert s["acceptance_by_position"][0] >= s["acceptance_by_position"][-1]
+
+
+def test_identical_draft_accepts_everything_and_eos_stops_inside_block():
+    target = tiny_model("gpt2")
+    prompt = torch.tensor([[0, 11, 12]])
+    full = autoregressive_generate(target, prompt, 20).tokens.tolist()
+    eos = full[6]
+    out = speculative_generate(target, target, prompt, 20, draft_len=8, eos_token_id=eos)
+    assert out.tokens.tolist() == full[:full.index(eos) + 1]
+    sampled = speculative_generate(target, target, prompt, 20, draft_len=4, temperature=1.0,
+                                   generator=torch.Generator().manual_seed(0))
+    assert sampled.stats["mean_alpha"] == pytest.approx(1.0)
+    assert all(n == g for n, g in zip(sampled.stats["accepted"], sampled.stats["draft_lens"]))
+
+
+def exact_target_distribution(target, prompt, length, settings):
+    """P(x_1..x_length) under the processed target distribution, over all sequences."""
+    from itertools import product
+    from osd_lab.sampling import logits_to_probs
+    vocab = target.config.vocab_size
+    probs = {}
+    for seq in product(range(vocab), repeat=length):
+        ids = torch.tensor([prompt + list(seq)])
+        with torch.no_grad():
+            logits = target(ids).logits[0, len(prompt) - 1:-1]
+        step = logits_to_probs(logits, **settings)
+        probs[seq] = math.prod(step[i, t].item() for i, t in enumerate(seq))
+    return probs
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=1.0, top_k=0, top_p=1.0),
+    dict(temperature=0.7, top_k=3, top_p=1.0),
+    dict(temperature=1.3, top_k=0, top_p=0.8),
+])
+def test_sampled_output_is_distributed_as_target(settings):
+    """Chi-square test at significance 0.001 on the first three tokens (seeded)."""
+    vocab, length, runs = 4, 3, 2000
+    target = tiny_model("llama", seed=0, vocab_size=vocab)
+    draft = tiny_model("llama", seed=1, vocab_size=vocab, layers=1)  # a poor draft
+    with torch.no_grad():  # soften the target so every sequence is possible
+        target.get_output_embeddings().weight.mul_(0.08)
+        draft.get_output_embeddings().weight.mul_(0.8)
+    prompt = [0, 2]
+    exact = exact_target_distribution(target, prompt, length, settings)
+    gen = torch.Generator().manual_seed(1234)
+    counts = dict.fromkeys(exact, 0)
+    rejections = 0
+    for _ in range(runs):
+        out = speculative_generate(target, draft, prompt, length, draft_len=2,
+                                   generator=gen, **settings)
+        counts[tuple(out.tokens.tolist())] += 1
+        rejections += out.stats["accepted"][0] < 2
+    assert rejections > runs * 0.2  # the residual path is exercised
+    assert all(counts[s] == 0 for s, p in exact.items() if p == 0)
+    # merge rare cells so every expected count is >= 5
+    cells = sorted((p * runs, counts[s]) for s, p in exact.items() if p > 0)
+    merged, expected_acc, observed_acc = [], 0.0, 0
+    for expected, observed in cells:
+        expected_acc, observed_acc = expected_acc + expected, observed_acc + observed
+        if expected_acc >= 5:
+            merged.append((expected_acc, observed_acc))
+            expected_acc, observed_acc = 0.0, 0
+    if expected_acc:
+        merged[-1] = (merged[-1][0] + expected_acc, merged[-1][1] + observed_acc)
+    chi2 = sum((o - e) ** 2 / e for e, o in merged)
+    dof = len(merged) - 1
+    p_value = torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(chi2 / 2)).item()
+    assert p_value > 0.001, (chi2, dof)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(draft_len=0), "draft_len"),
+    (dict(draft_len=-2), "draft_len"),
+    (dict(draft_len=1.5), "draft_len"),
+    (dict(draft_len_policy="magic"), "draft_len_policy"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+])
+def test_bad_arguments(kwargs, message):
+    target = tiny_model("llama")
+    args = dict(max_new_tokens=5) | kwargs
+    with pytest.raises(ValueError, match=message):
+        speculative_generate(target, target, [0, 1], **args)
+
+
+def test_different_vocabularies_refused():
+    target = tiny_model("llama", vocab_size=96)
+    draft = tiny_model("llama", vocab_size=128)
+    with pytest.raises(ValueError, match="different vocabularies"):
+        speculative_generate(target, draft, [0, 1], 5)
+    # a shared tokenizer with padded embeddings: compare on the common ids
+    out = speculative_generate(target, draft, [0, 1], 5, vocab_size=96)
+    assert out.tokens.max() < 96
+    with pytest.raises(ValueError, match="vocab_size=200"):
+        speculative_generate(target, draft, [0, 1], 5, vocab_size=200)
+
+
+def test_models_on_different_devices_refused():
+    target = tiny_model("llama")
+    draft = tiny_model("llama").to("meta")
+    with pytest.raises(ValueError, match="different|device"):
+        speculative_generate(target, draft, [0, 1], 5)
+
+
+def test_empty_and_too_long_prompts():
+    target = tiny_model("llama")
+    with pytest.raises(ValueError, match="empty prompt"):
+        speculative_generate(target, target, [], 5)
+    with pytest.raises(ValueError, match="context"):
+        speculative_generate(target, target, [1] * 125, 5)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from osd_lab.verify import overlap, residual_distribution, verify
+
+
+def test_hand_computed_acceptance_and_residual():
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.6, 0.2])
+    # alpha = sum min = 0.2 + 0.3 + 0.2
+    assert overlap(p, q).item() == pytest.approx(0.7)
+    # max(0, p - q) = [0.3, 0, 0] -> all residual mass on token 0
+    assert residual_distribution(p, q).tolist() == pytest.approx([1.0, 0.0, 0.0])
+    # drafting token 1: accepted with min(1, 0.3 / 0.6) = 0.5; token 0: min(1, 2.5) = 1
+    batch = 200_000
+    p_b = p.expand(batch, 2, 3)
+    q_b = q.expand(batch, 1, 3)
+    for token, accept in ((1, 0.5), (0, 1.0), (2, 1.0)):
+        result = verify(p_b, q_b, torch.full((batch, 1), token),
+                        torch.Generator().manual_seed(token))
+        assert result.accept_prob[0, 0].item() == pytest.approx(accept)
+        rate = result.num_accepted.float().mean().item()
+        assert rate == pytest.approx(accept, abs=0.005)
+        rejected = result.num_accepted == 0
+        if rejected.any():  # every replacement comes from the residual: token 0
+            assert (result.next_token[rejected] == 0).all()
+
+
+def test_greedy_is_the_temperature_zero_case():
+    p = torch.nn.functional.one_hot(torch.tensor([[2, 0, 1]]), 4).float()  # target argmaxes
+    q = torch.nn.functional.one_hot(torch.tensor([[2, 3]]), 4).float()
+    result = verify(p, q, torch.tensor([[2, 3]]))
+    assert result.num_accepted.tolist() == [1]  # 2 matches, 3 != 0
+    assert result.next_token.tolist() == [0]  # the target's argmax replaces it
+    all_ok = verify(p, q[:, :1].clone(), torch.tensor([[2]]))
+    assert all_ok.num_accepted.tolist() == [1] and all_ok.next_token.tolist() == [0]
+
+
+def test_first_token_is_distributed_as_target():
+    """One batched verification step: the emitted token ~ p_1 exactly, whatever q is."""
+    gen = torch.Generator().manual_seed(0)
+    batch, gamma, vocab = 400_000, 3, 5
+    p = torch.softmax(torch.randn(1, gamma + 1, vocab, generator=gen) * 2, -1)
+    q = torch.softmax(torch.randn(1, gamma, vocab, generator=gen) * 2, -1)
+    drafted = torch.multinomial(q[0], batch, replacement=True, generator=gen).T  # (B, G)
+    result = verify(p.expand(batch, -1, -1), q.expand(batch, -1, -1), drafted, gen)
+    first = torch.where(result.num_accepted > 0, drafted[:, 0], result.next_token)
+    freq = torch.bincount(first, minlength=vocab) / batch
+    assert torch.allclose(freq, p[0, 0], atol=0.003)
+    # and the mean number of accepted tokens at position 1 is alpha_1
+    assert (result.num_accepted > 0).float().mean().item() == pytest.approx(
+        overlap(p[0, 0], q[0, 0]).item(), abs=0.003)
+
+
+def test_all_accepted_gives_bonus_from_last_position():
+    p = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    q = torch.tensor([[[0.0, 1.0, 0.0]]])
+    result = verify(p, q, torch.tensor([[1]]))
+    assert result.num_accepted.tolist() == [1] and result.next_token.tolist() == [2]
