@@ -1,0 +1,203 @@
+"""Distilling a draft towards its target: DistillSpec and AdaSPEC.
+
+DistillSpec (Zhou et al., 2310.08461): the draft learns to match the target's
+token distributions on sequences from a *data source*:
+  * "fixed"  : the given texts as they are,
+  * "target" : prompts continued by the target (what it will be asked to verify),
+  * "draft"  : prompts continued by the current draft (on-policy),
+  * "mixed"  : target-generated with probability ``mix_ratio``, else on-policy,
+with a divergence from ``osd_lab.divergences`` (fkl, rkl, jsd, tvd).
+
+AdaSPEC (2510.19779): a reference model, the draft's initial weights distilled
+with forward KL on the same data, marks which tokens are learnable: per token
+delta = L(draft) - L(reference) under forward KL, and the draft trains only on
+the top ``keep_fraction`` of tokens by delta, skipping the hard-to-fit rest.
+Taught in ``notebooks/04_distillspec`` and ``05_adaspec``.
+"""
+
+import copy
+import random
+
+import torch
+from tqdm.auto import tqdm
+
+from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
+
+DATA_SOURCES = ("fixed", "target", "draft", "mixed")
+
+
+# -----------------------------------------------------------------------------
+# data: token sequences and the mask of positions that count
+
+def continue_prompt(model, prompt, max_new_tokens, temperature, generator=None):
+    """The prompt ``(T,)`` followed by ``model``'s continuation, as ``(T + N,)``."""
+    out = autoregressive_generate(model, prompt, max_new_tokens, temperature=temperature,
+                                  generator=generator)
+    return torch.cat([prompt.to(out.tokens.device), out.tokens])
+
+
+def make_batch(sequences, prompt_lens, pad_id=0):
+    """Right-pad sequences into ids ``(B, L)`` and a loss mask ``(B, L - 1)``.
+
+    Logits at position t score token t + 1, so position t counts when token
+    t + 1 is a continuation token (not prompt, not padding).
+    """
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), length - 1, dtype=torch.bool)
+    for row, (seq, prompt_len) in enumerate(zip(sequences, prompt_lens)):
+        ids[row, :len(seq)] = seq
+        mask[row, max(prompt_len - 1, 0):len(seq) - 1] = True
+    return ids, mask
+
+
+def check_distill_args(loss, data, keep_fraction, mix_ratio):
+    if loss not in DIVERGENCES:
+        raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
+    if data not in DATA_SOURCES:
+        raise ValueError(f"data must be one of {DATA_SOURCES}, got {data!r}")
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise ValueError(f"keep_fraction (AdaSPEC's k) must be in (0, 1], got {keep_fraction}")
+    if not 0 <= mix_ratio <= 1:
+        raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
+
+
+# -----------------------------------------------------------------------------
+# AdaSPEC token selection
+
+def select_tokens(draft_loss, reference_loss, mask, keep_fraction):
+    """AdaSPEC: keep the ``keep_fraction`` of masked tokens with the largest
+    delta = draft_loss - reference_loss; returns the new mask ``(B, L)``."""
+    delta = (draft_loss - reference_loss).detach().masked_fill(~mask, float("-inf"))
+    num_keep = max(1, int(keep_fraction * mask.sum().item()))
+    kept = torch.topk(delta.flatten(), num_keep).indices
+    selected = torch.zeros_like(mask).flatten()
+    selected[kept] = True
+    return selected.view_as(mask) & mask
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0,
+                    max_new_tokens=32, vocab_size=None, seed=0):
+    """Exact alpha (mean of sum_v min(p, q) over drafted positions) and tau
+    (tokens per target call) of speculative decoding over ``prompts``."""
+    generator = torch.Generator(device=target.device).manual_seed(seed)
+    alphas, new_tokens, target_calls = [], 0, 0
+    for prompt in prompts:
+        out = speculative_generate(target, draft, prompt, max_new_tokens, draft_len=draft_len,
+                                   temperature=temperature, generator=generator,
+                                   vocab_size=vocab_size)
+        alphas += [a for step in out.stats["alpha"] for a in step]
+        new_tokens += out.stats["new_tokens"]
+        target_calls += out.stats["target_calls"]
+    return {"alpha": sum(alphas) / len(alphas), "tau": new_tokens / target_calls}
+
+
+# -----------------------------------------------------------------------------
+# the training loop
+
+def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3,
+            batch_size=8, max_new_tokens=32, temperature=1.0, mix_ratio=0.5,
+            reference=None, keep_fraction=0.4, vocab_size=None, eval_prompts=None,
+            eval_every=20, seed=0, progress=True):
+    """Distil ``draft`` towards ``target`` in place; returns a history dict.
+
+    prompts: list of 1-D token-id tensors (for data="fixed", whole texts).
+    loss: one of ``DIVERGENCES``; data: one of ``DATA_SOURCES``.
+    temperature: for generating continuations and for the divergence.
+    reference: a model for AdaSPEC token selection (see ``adaspec``); None
+        trains on every continuation token.
+    eval_prompts: if given, greedy alpha and tau on them every ``eval_every``
+        steps (and at the start and end).
+
+    The history has ``loss`` per step, ``kept_fraction`` per step, ``eval``
+    rows ``(step, alpha, tau)`` and ``skipped`` steps whose loss or gradient
+    was NaN/inf (those steps leave the weights untouched).
+    """
+    check_distill_args(loss, data, keep_fraction, mix_ratio)
+    if not prompts:
+        raise ValueError("no prompts to distil on")
+    rng = random.Random(seed)
+    generator = torch.Generator(device=draft.device).manual_seed(seed)
+    vocab = slice(0, vocab_size)
+    optimizer = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
+    pad_id = draft.config.pad_token_id or 0
+    history = {"loss": [], "kept_fraction": [], "eval": [], "skipped": []}
+    cached = {}  # target continuations do not change: generate each prompt once
+
+    def evaluate(step):
+        draft.eval()
+        stats = acceptance_rate(target, draft, eval_prompts, vocab_size=vocab_size)
+        history["eval"].append((step, stats["alpha"], stats["tau"]))
+
+    def sequence_for(index):
+        prompt = prompts[index]
+        source = data
+        if data == "mixed":
+            source = "target" if rng.random() < mix_ratio else "draft"
+        if source == "fixed":
+            return prompt, 1  # every token but the first is a target
+        if source == "target":
+            if index not in cached:
+                cached[index] = continue_prompt(target, prompt, max_new_tokens, temperature,
+                                                generator)
+            return cached[index], len(prompt)
+        draft.eval()
+        return continue_prompt(draft, prompt, max_new_tokens, temperature, generator), len(prompt)
+
+    if eval_prompts:
+        evaluate(0)
+    for step in tqdm(range(1, steps + 1), desc=f"distill ({loss}, {data})", disable=not progress):
+        # 1. a batch of sequences and the positions that count
+        batch = [sequence_for(rng.randrange(len(prompts))) for _ in range(batch_size)]
+        ids, mask = make_batch([s.cpu() for s, _ in batch], [n for _, n in batch], pad_id)
+        ids, mask = ids.to(draft.device), mask.to(draft.device)
+        # 2. teacher logits (no gradient) and student logits, aligned at t -> t + 1
+        with torch.no_grad():
+            target_logits = target(ids).logits[:, :-1, vocab]  # (B, L - 1, V)
+            reference_logits = reference(ids).logits[:, :-1, vocab] if reference else None
+        draft.train()
+        draft_logits = draft(ids).logits[:, :-1, vocab]  # (B, L - 1, V)
+        per_token = token_divergence(loss, target_logits, draft_logits, temperature)
+        num_continuation = mask.sum().item()
+        # 3. AdaSPEC: train only on the tokens the reference shows are learnable
+        if reference is not None:
+            mask = select_tokens(forward_kl(target_logits, draft_logits, temperature),
+                                 forward_kl(target_logits, reference_logits, temperature),
+                                 mask, keep_fraction)
+        value = masked_mean(per_token, mask)
+        # 4. a step, unless the loss or its gradient is broken
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(value):
+            history["skipped"].append(step)
+            continue
+        value.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
+        if not torch.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            history["skipped"].append(step)
+            continue
+        optimizer.step()
+        history["loss"].append(value.item())
+        history["kept_fraction"].append(mask.sum().item() / max(1, num_continuation))
+        if eval_prompts and (step % eval_every == 0 or step == steps):
+            evaluate(step)
+    draft.eval()
+    return history
+
+
+def adaspec(draft, target, prompts, keep_fraction=0.4, reference_steps=None, **kwargs):
+    """AdaSPEC: distil a reference copy of ``draft`` with forward KL, then ``draft``
+    with token selection by the reference. Returns ``(history, reference)``."""
+    reference = copy.deepcopy(draft)
+    ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("eval_prompts", "loss")}
+    if reference_steps is not None:
+        ref_kwargs["steps"] = reference_steps
+    distill(reference, target, prompts, loss="fkl", **ref_kwargs)
+    reference.requires_grad_(False)
+    history = distill(draft, target, prompts, reference=reference,
+                      keep_fraction=keep_fraction, **kwargs)
+    return history, reference

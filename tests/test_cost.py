@@ -1,0 +1,33 @@
+import pytest
+
+from conftest import tiny_model
+from osd_lab.cost import (expected_tokens_per_step, measure_verify_ratio, optimal_draft_len,
+                          speedup)
+
+
+def test_expected_tokens_closed_form():
+    # alpha = 0.5, gamma = 2: 1 + 0.5 + 0.25
+    assert expected_tokens_per_step(0.5, 2) == pytest.approx(1.75)
+    assert expected_tokens_per_step(0.0, 5) == 1.0
+    assert expected_tokens_per_step(1.0, 4) == 5.0
+    assert expected_tokens_per_step(0.8, 0) == pytest.approx(1.0)
+
+
+def test_speedup_and_optimum():
+    # Leviathan et al., Table/Fig. 3 style: alpha 0.8, c 0.05 -> gamma 8 region, > 3x
+    assert speedup(0.8, 4, 0.0) == pytest.approx(expected_tokens_per_step(0.8, 4))
+    assert speedup(0.8, 4, 0.1) == pytest.approx(3.3616 / 1.4)
+    best = optimal_draft_len(0.8, 0.05)
+    assert all(speedup(0.8, best, 0.05) >= speedup(0.8, g, 0.05) for g in range(1, 33))
+    assert optimal_draft_len(0.3, 0.5) == 1  # a poor, slow draft: draft as little as possible
+
+
+@pytest.mark.parametrize("call", [lambda: speedup(1.2, 3, 0.1), lambda: speedup(0.5, -1, 0.1),
+                                  lambda: speedup(0.5, 3, -0.1)])
+def test_bad_values(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_verify_ratio_is_positive():
+    assert measure_verify_ratio(tiny_model("llama"), 4, repeats=3) > 0

@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from conftest import noisy_copy, tiny_model
+from osd_lab.distill import (acceptance_rate, adaspec, distill, make_batch, select_tokens)
+
+
+def prompts(n=6, length=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, 90, (length,), generator=gen) for _ in range(n)]
+
+
+def test_make_batch_aligns_logits_with_next_tokens():
+    ids, mask = make_batch([torch.tensor([5, 6, 7, 8, 9]), torch.tensor([5, 6, 7])], [2, 2],
+                           pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]]
+    # logits at t score token t + 1: continuation tokens 7, 8, 9 are scored at t = 1, 2, 3
+    assert mask.tolist() == [[False, True, True, True], [False, True, False, False]]
+
+
+def test_select_tokens_keeps_top_fraction_by_delta():
+    draft_loss = torch.tensor([[5.0, 1.0, 3.0, 9.0, 2.0]])
+    reference_loss = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, True, False, True]])  # position 3 is not a target
+    kept = select_tokens(draft_loss, reference_loss, mask, keep_fraction=0.5)
+    assert kept.tolist() == [[True, False, True, False, False]]
+
+
+@pytest.mark.parametrize("loss", ["fkl", "rkl", "jsd", "tvd"])
+@pytest.mark.parametrize("data", ["target", "draft", "mixed", "fixed"])
+def test_distill_lowers_the_loss(loss, data):
+    target = tiny_model("llama", seed=0)
+    draft = noisy_copy(target, 0.5, seed=3)
+    history = distill(draft, target, prompts(), loss=loss, data=data, steps=12, lr=3e-3,
+                      batch_size=4, max_new_tokens=8, progress=False)
+    assert len(history["loss"]) == 12 and not history["skipped"]
+    assert sum(history["loss"][-3:]) < sum(history["loss"][:3])
+
+
+def test_distill_raises_acceptance_and_reports_it():
+    target = tiny_model("llama", seed=0)
+    draft = noisy_copy(target, 0.5, seed=3)
+    held_out = prompts(3, seed=9)
+    history = distill(draft, target, prompts(8), steps=30, lr=3e-3, batch_size=4,
+                      max_new_tokens=12, eval_prompts=held_out, eval_every=15, progress=False)
+    steps = [row[0] for row in history["eval"]]
+    assert steps == [0, 15, 30]
+    assert history["eval"][-1][1] > history["eval"][0][1]  # alpha went up
+    stats = acceptance_rate(target, draft, held_out)
+    assert 0 <= stats["alpha"] <= 1 and stats["tau"] >= 1
+
+
+def test_adaspec_trains_on_a_fraction_of_tokens():
+    target = tiny_model("qwen2", seed=0)
+    draft = noisy_copy(target, 0.5, seed=3)
+    before = [p.clone() for p in draft.parameters()]
+    history, reference = adaspec(draft, target, prompts(), keep_fraction=0.4, steps=6,
+                                 batch_size=4, max_new_tokens=8, progress=False)
+    assert all(0.3 <= k <= 0.45 for k in history["kept_fraction"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, draft.parameters()))
+    assert all(not p.requires_grad for p in reference.parameters())
+
+
+def test_nan_loss_skips_the_step_and_keeps_the_weights():
+    target = tiny_model("llama", seed=0)
+    with torch.no_grad():
+        target.get_output_embeddings().weight[5, 0] = float("nan")
+    draft = tiny_model("llama", seed=1)
+    before = [p.clone() for p in draft.parameters()]
+    history = distill(draft, target, prompts(), data="fixed", steps=3, batch_size=2,
+                      progress=False)
+    assert history["skipped"] == [1, 2, 3] and history["loss"] == []
+    assert all(torch.equal(a, b) for a, b in zip(before, draft.parameters()))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(keep_fraction=0.0, reference="self"), "keep_fraction"),
+    (dict(keep_fraction=1.5, reference="self"), "keep_fraction"),
+    (dict(loss="kl"), "loss must be"),
+    (dict(data="web"), "data must be"),
+])
+def test_bad_arguments(kwargs, message):
+    target = tiny_model("llama")
+    if kwargs.get("reference") == "self":
+        kwargs["reference"] = target
+    with pytest.raises(ValueError, match=message):
+        distill(tiny_model("llama", 1), target, prompts(), steps=1, progress=False, **kwargs)
+
+
+def test_all_masked_batch_and_mismatched_vocab():
+    target = tiny_model("llama")
+    with pytest.raises(ValueError, match="keeps no position"):  # one-token texts: nothing to predict
+        distill(tiny_model("llama", 1), target, [torch.tensor([4])], data="fixed", steps=1,
+                progress=False)
+    with pytest.raises(ValueError, match="same vocabulary"):
+        distill(tiny_model("llama", 1, vocab_size=128), target, prompts(), data="fixed",
+                steps=1, progress=False)
+    history = distill(tiny_model("llama", 1, vocab_size=128), target, prompts(), data="fixed",
+                      steps=1, progress=False, vocab_size=96)
+    assert len(history["loss"]) == 1
