@@ -1,45 +1,131 @@
-"""The main job: ``python -m osd_lab`` (``make run``).
+"""The main job: ``python -m osd_lab`` (``make run``), an online speculative decoder.
 
-Loads the embedded zoo, continues one held-out prompt per domain with
-KV-cached greedy decoding by target and draft, and prints per-domain
-perplexity, tokens/s, and the exact acceptance rate of the draft.
+On the embedded zoo: measure the zoo (per-domain perplexity, tokens/s of draft
+and target), then serve a stream of queries whose domain shifts, with a
+draft that keeps distilling on the target's corrections. Prints alpha per
+domain before and after, and the speedup over autoregressive decoding
+measured in this run; saves plots to ``--out``.
 """
 
 import argparse
+import time
+from pathlib import Path
 
-from osd_lab.decoding import autoregressive_generate
-from osd_lab.models import load_pair
-from osd_lab.sampling import set_seed
-from osd_lab.zoo.corpus import DOMAINS, load_corpus
-from osd_lab.zoo.report import format_table, measure_domains, measure_step_times
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots go to files
+import matplotlib.pyplot as plt  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from osd_lab.decoding import autoregressive_generate, speculative_generate  # noqa: E402
+from osd_lab.distill import acceptance_rate  # noqa: E402
+from osd_lab.divergences import DIVERGENCES  # noqa: E402
+from osd_lab.metrics import perplexity  # noqa: E402
+from osd_lab.models import load_pair  # noqa: E402
+from osd_lab.online import STREAMS, OnlineSpeculativeDecoder, make_stream  # noqa: E402
+from osd_lab.plots import moving_average, plot_alpha, plot_tau  # noqa: E402
+from osd_lab.sampling import set_seed  # noqa: E402
+from osd_lab.zoo.corpus import DOMAINS, load_corpus  # noqa: E402
+
+STREAM_ORDER = ("sql", "math", "code", "prose")  # the draft's own domain first
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m osd_lab", description=__doc__.splitlines()[0])
+    parser.add_argument("--stream", choices=STREAMS, default="sharp")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--draft-len", type=int, default=4)
+    parser.add_argument("--update-interval", type=int, default=4)
+    parser.add_argument("--buffer-size", type=int, default=512)
+    parser.add_argument("--loss", choices=DIVERGENCES, default="fkl")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--eval-prompts", type=int, default=8, help="held-out per domain")
+    parser.add_argument("--out", type=Path, default=Path("outputs"))
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def speed(pair, draft, prompts, args):
+    """Tokens/s of autoregressive and speculative greedy decoding on ``prompts``."""
+    ar_time = spec_time = tokens = 0
+    for ids in prompts:
+        ar = autoregressive_generate(pair.target, ids, args.max_new_tokens)
+        spec = speculative_generate(pair.target, draft, ids, args.max_new_tokens,
+                                    draft_len=args.draft_len, vocab_size=pair.vocab_size)
+        ar_time += ar.stats["wall_time_s"]
+        spec_time += spec.stats["wall_time_s"]
+        tokens += len(ar.tokens)
+    return tokens / ar_time, tokens / spec_time
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m osd_lab", description=__doc__.splitlines()[0])
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--prompts", type=int, default=10,
-                        help="held-out prompts per domain for perplexity and alpha")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    start = time.time()
     set_seed(args.seed)
     pair = load_pair("zoo")
     corpus = load_corpus()
-    print(f"osd_lab zoo on {pair.device}: target {pair.target.num_parameters() / 1e6:.1f}M "
-          f"parameters, draft {pair.draft.num_parameters() / 1e6:.2f}M\n")
-    for domain in DOMAINS:
-        prompt = corpus[domain]["prompts"][0]
-        ids = pair.tokenizer(prompt, return_tensors="pt").input_ids
-        print(f"== {domain} ==\n{prompt}", end="")
-        for role, model in (("target", pair.target), ("draft", pair.draft)):
-            out = autoregressive_generate(model, ids, args.max_new_tokens,
-                                          eos_token_id=pair.tokenizer.eos_token_id)
-            text = pair.tokenizer.decode(out.tokens, skip_special_tokens=True)
-            print(f"\n  [{role}, {out.stats['tokens_per_s']:.0f} tokens/s] {text!r}")
-        print()
-    print(format_table(measure_domains(pair, args.prompts)))
-    times = measure_step_times(pair)
-    print(f"\ndecode step: target {times['target_step_s'] * 1e3:.2f} ms, draft "
-          f"{times['draft_step_s'] * 1e3:.2f} ms, cost ratio c = {times['cost_ratio']:.3f}")
+    n_eval = args.eval_prompts
+    # held-out prompts: the first n_eval of each domain evaluate, the rest form the stream
+    eval_prompts = {d: [pair.tokenizer(p, return_tensors="pt").input_ids.to(pair.device)
+                        for p in corpus[d]["prompts"][:n_eval]] for d in DOMAINS}
+    stream = make_stream(args.stream, {d: corpus[d]["prompts"][n_eval:] for d in STREAM_ORDER},
+                         args.queries, seed=args.seed)
+
+    print(f"osd_lab main job: zoo on {pair.device}, target "
+          f"{pair.target.num_parameters() / 1e6:.1f}M / draft "
+          f"{pair.draft.num_parameters() / 1e6:.2f}M parameters (draft trained on sql only)\n")
+    print("| domain | target ppl | draft ppl | target tokens/s | draft tokens/s |\n|---|---:|---:|---:|---:|")
+    for d in DOMAINS:
+        docs = corpus[d]["heldout"][:n_eval]
+        rates = [autoregressive_generate(m, eval_prompts[d][0], args.max_new_tokens)
+                 .stats["tokens_per_s"] for m in (pair.target, pair.draft)]
+        print(f"| {d} | {perplexity(pair.target, pair.tokenizer, docs):.2f} | "
+              f"{perplexity(pair.draft, pair.tokenizer, docs):.2f} | {rates[0]:.0f} | {rates[1]:.0f} |")
+
+    def alphas():
+        return {d: acceptance_rate(pair.target, pair.draft, eval_prompts[d], args.draft_len,
+                                   max_new_tokens=args.max_new_tokens,
+                                   vocab_size=pair.vocab_size)["alpha"] for d in DOMAINS}
+
+    speed_prompts = [p for d in DOMAINS for p in eval_prompts[d][:2]]
+    before = alphas()
+    ar_rate, spec_before = speed(pair, pair.draft, speed_prompts, args)
+
+    decoder = OnlineSpeculativeDecoder(
+        pair.target, pair.draft, pair.tokenizer, draft_len=args.draft_len,
+        update_interval=args.update_interval, loss=args.loss, buffer_size=args.buffer_size,
+        lr=args.lr, max_new_tokens=args.max_new_tokens, vocab_size=pair.vocab_size,
+        seed=args.seed)
+    for domain, prompt in tqdm(stream, desc=f"serving a {args.stream} stream"):
+        decoder.serve(prompt, domain)
+
+    after = alphas()
+    ar_rate_2, spec_after = speed(pair, pair.draft, speed_prompts, args)
+    h = decoder.history
+    print(f"\nonline run: {args.queries} queries ({args.stream} stream over "
+          f"{', '.join(STREAM_ORDER)}), draft_len {args.draft_len}, update every "
+          f"{args.update_interval} queries, loss {args.loss}, {len(h['updates'])} updates, "
+          f"{len(h['skipped'])} skipped\n")
+    print("| domain | alpha before | alpha after | change |\n|---|---:|---:|---:|")
+    for d in DOMAINS:
+        print(f"| {d} | {before[d]:.3f} | {after[d]:.3f} | {after[d] - before[d]:+.3f} |")
+    avg = moving_average(h["alpha"], 20)
+    print(f"\nmoving average of served alpha (20 queries): first {avg[19]:.3f}, "
+          f"last {avg[-1]:.3f}; per-query latency {sum(h['latency_s']) / len(h['latency_s']) * 1e3:.0f} ms")
+    print(f"speed (greedy, {len(speed_prompts)} held-out prompts): autoregressive "
+          f"{(ar_rate + ar_rate_2) / 2:.0f} tokens/s; speculative {spec_before:.0f} tokens/s "
+          f"before ({spec_before / ar_rate:.2f}x), {spec_after:.0f} after "
+          f"({spec_after / ar_rate_2:.2f}x)")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    plot_alpha(h, axes[0])
+    plot_tau(h, axes[1])
+    fig.tight_layout()
+    fig.savefig(args.out / "online_alpha_tau.png", dpi=110)
+    print(f"\nplots saved to {args.out.resolve() / 'online_alpha_tau.png'}; "
+          f"took {time.time() - start:.0f}s")
 
 
 if __name__ == "__main__":

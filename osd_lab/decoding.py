@@ -157,7 +157,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
                          top_k: int = 0, top_p: float = 1.0, eos_token_id: int | None = None,
                          generator: torch.Generator | None = None,
                          draft_len_policy: str = "constant",
-                         vocab_size: int | None = None) -> GenerationOutput:
+                         vocab_size: int | None = None,
+                         record_corrections: bool = False) -> GenerationOutput:
     """Speculative decoding of one prompt: the output is distributed as the target's.
 
     input_ids: ``(T,)`` or ``(1, T)`` prompt token ids.
@@ -167,6 +168,10 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         greedy, and the output then equals greedy ``autoregressive_generate``.
     vocab_size: compare logits on ids ``[0, vocab_size)``, for pairs that pad
         their vocabularies differently (default: both must be equal).
+    record_corrections: also return ``stats["corrections"]``, a list of
+        ``(i, logits (V,))``: the target's raw logits at each position where it
+        rejected the draft, which predicted new token ``i`` (for online
+        distillation, ``osd_lab.online``).
 
     Returns ``GenerationOutput(tokens (N,), stats)``; ``stats`` has, per step,
     ``alpha`` (exact sum_v min(p, q) at each drafted position), ``accepted``
@@ -183,7 +188,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)
 
     start = clock(target.device)
-    stats = dict(alpha=[], accepted=[], draft_lens=[], target_calls=0, draft_calls=0)
+    stats = dict(alpha=[], accepted=[], draft_lens=[], target_calls=0, draft_calls=0,
+                 corrections=[])
     target_cache = DynamicCache(config=target.config)
     draft_cache = DynamicCache(config=draft.config)
     # Invariant: both caches hold every token but the last; the models have yet
@@ -210,13 +216,16 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         q = torch.stack(q, 1) if g else None  # (1, g, V)
         # 2. the target scores pending + all drafted tokens in one pass
         target_input = torch.cat([target_pending, drafted], dim=1)  # (1, g + 1)
-        p = probs(target(target_input, past_key_values=target_cache).logits)  # (1, g+1, V)
+        target_logits = target(target_input, past_key_values=target_cache).logits
+        p = probs(target_logits)  # (1, g + 1, V)
         stats["target_calls"] += 1
         # 3. keep a prefix of the draft, then one token from the target
         if g:
             result = verify(p, q, drafted, generator)
             n, next_token = int(result.num_accepted), result.next_token
             stats["alpha"].append(overlap(p[0, :g], q[0]).tolist())
+            if record_corrections and n < g:  # the target overruled the draft here
+                stats["corrections"].append((num_new + n, target_logits[0, n, :vocab_size]))
         else:
             n, next_token = 0, sample(p[:, 0], generator)
         stats["accepted"].append(n)

@@ -102,7 +102,7 @@ def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0,
 def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3,
             batch_size=8, max_new_tokens=32, temperature=1.0, mix_ratio=0.5,
             reference=None, keep_fraction=0.4, vocab_size=None, eval_prompts=None,
-            eval_every=20, seed=0, progress=True):
+            eval_every=20, seed=0, target_cache=None, progress=True):
     """Distil ``draft`` towards ``target`` in place; returns a history dict.
 
     prompts: list of 1-D token-id tensors (for data="fixed", whole texts).
@@ -112,6 +112,9 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
         trains on every continuation token.
     eval_prompts: if given, greedy alpha and tau on them every ``eval_every``
         steps (and at the start and end).
+    target_cache: a dict to keep target continuations in (keyed by prompt
+        index); pass one dict to several calls on the same prompts to
+        generate them only once.
 
     The history has ``loss`` per step, ``kept_fraction`` per step, ``eval``
     rows ``(step, alpha, tau)`` and ``skipped`` steps whose loss or gradient
@@ -126,7 +129,7 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
     optimizer = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
     pad_id = draft.config.pad_token_id or 0
     history = {"loss": [], "kept_fraction": [], "eval": [], "skipped": []}
-    cached = {}  # target continuations do not change: generate each prompt once
+    cached = {} if target_cache is None else target_cache  # target data is generated once
 
     def evaluate(step):
         draft.eval()

@@ -1,0 +1,219 @@
+"""Online speculative decoding (Liu et al., 2310.07177): serve, record, distil.
+
+A server answers a stream of queries with speculative decoding. Wherever the
+target rejects a drafted token, it has just computed the distribution the
+draft should have had; we keep those target logits in a bounded replay
+buffer, and every ``update_interval`` queries take a distillation step on it.
+The draft thus follows the queries users actually send. With several drafts
+(one per query class) a router picks which draft serves each query.
+Taught in ``notebooks/06_online_speculative_decoding``.
+"""
+
+import copy
+import random
+from collections import deque
+
+import torch
+
+from osd_lab.decoding import speculative_generate
+from osd_lab.divergences import DIVERGENCES, token_divergence
+
+STREAMS = ("sharp", "smooth", "iid")
+
+
+# -----------------------------------------------------------------------------
+# query streams
+
+def make_stream(kind, prompts_by_domain, num_queries, seed=0):
+    """A list of ``(domain, prompt)`` queries whose domain mix changes over time.
+
+    "sharp": one block per domain, in order; "smooth": the mix moves linearly
+    from each domain to the next; "iid": every query from a uniform random domain.
+    """
+    if kind not in STREAMS:
+        raise ValueError(f"stream must be one of {STREAMS}, got {kind!r}")
+    if isinstance(num_queries, bool) or int(num_queries) != num_queries or num_queries < 1:
+        raise ValueError(f"num_queries must be an integer >= 1, got {num_queries!r}")
+    domains = [d for d, prompts in prompts_by_domain.items() if prompts]
+    if not domains:
+        raise ValueError("empty stream: no domain has any prompt")
+    rng = random.Random(seed)
+    stream = []
+    for i in range(num_queries):
+        if kind == "iid":
+            domain = rng.choice(domains)
+        elif kind == "sharp":
+            domain = domains[i * len(domains) // num_queries]
+        else:  # smooth: position along the domain list, mixed between neighbours
+            position = i / max(1, num_queries - 1) * (len(domains) - 1)
+            low = int(position)
+            domain = domains[min(low + 1, len(domains) - 1)] if rng.random() < position - low \
+                else domains[low]
+        stream.append((domain, rng.choice(prompts_by_domain[domain])))
+    return stream
+
+
+# -----------------------------------------------------------------------------
+# routers: which draft serves a query
+
+class OracleRouter:
+    """Knows each query's domain; unknown domains fall back to ``fallback``."""
+
+    def __init__(self, names, fallback):
+        self.names, self.fallback = list(names), fallback
+
+    def route(self, prompt_ids, domain=None):
+        if domain in self.names:
+            return domain, None
+        return self.fallback, f"unknown domain {domain!r}: served by the {self.fallback!r} draft"
+
+    def observe(self, prompt_ids, domain):
+        pass
+
+
+class LearnedRouter:
+    """A bag-of-tokens logistic-regression classifier, trained online.
+
+    After each query its domain is revealed (e.g. by user feedback) and the
+    router takes one SGD step on it. Below ``min_confidence`` it falls back.
+    """
+
+    def __init__(self, names, fallback, vocab_size, lr=0.5, min_confidence=0.6, seed=0):
+        torch.manual_seed(seed)
+        self.names, self.fallback, self.min_confidence = list(names), fallback, min_confidence
+        self.vocab_size = vocab_size
+        self.classifier = torch.nn.Linear(vocab_size, len(self.names))
+        self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=lr)
+
+    def features(self, prompt_ids):
+        counts = torch.bincount(prompt_ids.flatten().cpu(), minlength=self.vocab_size)
+        return (counts[:self.vocab_size] > 0).float()  # (V,) which tokens occur
+
+    def route(self, prompt_ids, domain=None):
+        with torch.no_grad():
+            probs = torch.softmax(self.classifier(self.features(prompt_ids)), -1)
+        confidence, index = probs.max(-1)
+        if confidence < self.min_confidence:
+            return self.fallback, (f"router unsure ({confidence:.2f} < {self.min_confidence}): "
+                                   f"served by the {self.fallback!r} draft")
+        return self.names[int(index)], None
+
+    def observe(self, prompt_ids, domain):
+        if domain not in self.names:
+            return
+        logits = self.classifier(self.features(prompt_ids))
+        loss = torch.nn.functional.cross_entropy(logits[None],
+                                                 torch.tensor([self.names.index(domain)]))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+
+# -----------------------------------------------------------------------------
+# the online decoder
+
+class OnlineSpeculativeDecoder:
+    """Serve queries with speculative decoding and keep distilling the draft(s).
+
+    drafts: one model, or a dict ``{name: model}`` with a ``router``.
+    draft_len: tokens drafted per step; update_interval: queries between
+    distillation steps; buffer_size: corrections kept (oldest dropped first);
+    loss: a divergence of ``osd_lab.divergences``; batch_size: corrections per
+    update; max_new_tokens, temperature: decoding settings.
+
+    ``history`` holds per query: ``domain``, ``draft`` (which served it),
+    ``alpha``, ``tau``, ``new_tokens``, ``latency_s`` and ``notes`` (e.g. a
+    router's fallback); and ``updates`` as ``(query_index, draft, loss,
+    batch)`` and ``skipped`` updates as ``(query_index, draft)``.
+    """
+
+    def __init__(self, target, drafts, tokenizer, draft_len=4, update_interval=8,
+                 loss="fkl", buffer_size=512, lr=1e-3, batch_size=32, max_new_tokens=32,
+                 temperature=0.0, router=None, vocab_size=None, seed=0):
+        for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
+                            ("draft_len", draft_len), ("batch_size", batch_size)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if loss not in DIVERGENCES:
+            raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
+        self.drafts = drafts if isinstance(drafts, dict) else {"draft": drafts}
+        if len(self.drafts) > 1 and router is None:
+            raise ValueError("several drafts need a router (OracleRouter or LearnedRouter)")
+        self.target, self.tokenizer, self.router = target, tokenizer, router
+        self.draft_len, self.update_interval, self.loss = draft_len, update_interval, loss
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.temperature, self.vocab_size = temperature, vocab_size
+        self.buffers = {name: deque(maxlen=buffer_size) for name in self.drafts}
+        self.optimizers = {name: torch.optim.AdamW(d.parameters(), lr=lr, weight_decay=0.0)
+                           for name, d in self.drafts.items()}
+        self.rng = random.Random(seed)
+        self.generator = torch.Generator(device=target.device).manual_seed(seed)
+        self.history = {k: [] for k in ("domain", "draft", "alpha", "tau", "new_tokens",
+                                        "latency_s", "notes", "updates", "skipped")}
+
+    def serve(self, prompt, domain=None):
+        """Answer one query (text); returns the generated text."""
+        ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.target.device)
+        if ids.shape[1] == 0:
+            raise ValueError("empty prompt")
+        name, note = self.router.route(ids, domain) if self.router else ("draft", None)
+        draft = self.drafts[name]
+        out = speculative_generate(self.target, draft, ids, self.max_new_tokens,
+                                   draft_len=self.draft_len, temperature=self.temperature,
+                                   eos_token_id=self.tokenizer.eos_token_id,
+                                   generator=self.generator, vocab_size=self.vocab_size,
+                                   record_corrections=True)
+        # keep (context, target logits) wherever the target corrected the draft
+        sequence = torch.cat([ids[0], out.tokens]).cpu()
+        for i, logits in out.stats["corrections"]:
+            if i < len(out.tokens):
+                self.buffers[name].append((sequence[:ids.shape[1] + i], logits.cpu()))
+        if self.router:
+            self.router.observe(ids, domain)
+        h = self.history
+        h["domain"].append(domain)
+        h["draft"].append(name)
+        h["alpha"].append(out.stats["mean_alpha"])
+        h["tau"].append(out.stats["tau"])
+        h["new_tokens"].append(out.stats["new_tokens"])
+        h["latency_s"].append(out.stats["wall_time_s"])
+        h["notes"].append(note)
+        if len(h["domain"]) % self.update_interval == 0:
+            for draft_name in self.drafts:
+                self.update(draft_name)
+        return self.tokenizer.decode(out.tokens, skip_special_tokens=True)
+
+    def update(self, name="draft"):
+        """One distillation step of draft ``name`` on a sample of its buffer."""
+        buffer, draft, optimizer = self.buffers[name], self.drafts[name], self.optimizers[name]
+        if not buffer:
+            return
+        batch = self.rng.sample(list(buffer), min(self.batch_size, len(buffer)))
+        length = max(len(context) for context, _ in batch)
+        ids = torch.zeros(len(batch), length, dtype=torch.long)  # right-padded contexts
+        for row, (context, _) in enumerate(batch):
+            ids[row, :len(context)] = context
+        last = torch.tensor([len(context) - 1 for context, _ in batch])
+        target_logits = torch.stack([logits for _, logits in batch]).to(draft.device)  # (B, V)
+        saved = copy.deepcopy(draft.state_dict())
+        draft.train()
+        logits = draft(ids.to(draft.device)).logits  # (B, L, V_draft)
+        draft_logits = logits[torch.arange(len(batch)), last.to(draft.device),
+                              :target_logits.shape[-1]]  # (B, V)
+        value = token_divergence(self.loss, target_logits, draft_logits).mean()
+        optimizer.zero_grad(set_to_none=True)
+        ok = bool(torch.isfinite(value))
+        if ok:
+            value.backward()
+            ok = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)))
+        if ok:
+            optimizer.step()
+            ok = all(bool(torch.isfinite(p).all()) for p in draft.parameters())
+        draft.eval()
+        query = len(self.history["domain"])
+        if not ok:
+            draft.load_state_dict(saved)  # never serve a corrupted draft
+            optimizer.zero_grad(set_to_none=True)
+            self.history["skipped"].append((query, name))
+            return
+        self.history["updates"].append((query, name, value.item(), len(batch)))

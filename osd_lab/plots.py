@@ -1,0 +1,47 @@
+"""Plots of an online run, shared by the main job, notebook 06 and the dashboard."""
+
+import matplotlib.pyplot as plt
+
+
+def moving_average(values, window):
+    """Trailing mean over the last ``window`` values (shorter at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def domain_shifts(domains):
+    """Indices where the query domain changes, with the new domain."""
+    return [(i, d) for i, d in enumerate(domains) if i == 0 or d != domains[i - 1]]
+
+
+def plot_alpha(history, ax=None, window=20, title="alpha over queries"):
+    """Per-query alpha, its moving average, and the domain shifts of a sharp stream."""
+    ax = ax or plt.subplots(figsize=(9, 3.5))[1]
+    alpha = history["alpha"]
+    ax.plot(alpha, ".", alpha=0.25, color="tab:blue", label="per query")
+    ax.plot(moving_average(alpha, window), color="tab:blue", label=f"moving average ({window})")
+    shifts = domain_shifts(history["domain"])
+    if len(shifts) <= 12:  # a sharp stream: mark each block
+        for i, domain in shifts:
+            ax.axvline(i, color="grey", lw=0.8, ls="--")
+            ax.text(i + 1, 1.02, domain, fontsize=8, va="bottom")
+    for query, *_ in history["updates"][:1]:
+        ax.axvline(query, color="tab:green", lw=0.8, label="first update")
+    ax.set(xlabel="query", ylabel="alpha = sum min(p, q)", ylim=(0, 1.1), title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
+def plot_tau(history, ax=None, window=20):
+    """Tokens per target call (accepted drafts + 1) over queries."""
+    ax = ax or plt.subplots(figsize=(9, 3))[1]
+    ax.plot(history["tau"], ".", alpha=0.25, color="tab:orange")
+    ax.plot(moving_average(history["tau"], window), color="tab:orange")
+    ax.set(xlabel="query", ylabel="tokens per target call",
+           title="accepted tokens per step (+1 from the target)")
+    return ax

@@ -1,0 +1,116 @@
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from conftest import noisy_copy, tiny_model
+from osd_lab.models import ZOO_DIR
+from osd_lab.online import (LearnedRouter, OnlineSpeculativeDecoder, OracleRouter,
+                            make_stream)
+
+PROMPTS = {"sql": ["SELECT name FROM", "SELECT id, title FROM books WHERE"],
+           "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
+
+
+@pytest.fixture()
+def pair(tokenizer):
+    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
+    return target, noisy_copy(target, 0.5, seed=1)
+
+
+def test_streams():
+    sharp = make_stream("sharp", PROMPTS, 10)
+    assert [d for d, _ in sharp] == ["sql"] * 5 + ["math"] * 5
+    smooth = [d for d, _ in make_stream("smooth", PROMPTS, 200, seed=1)]
+    assert smooth[:20].count("sql") > 15 and smooth[-20:].count("math") > 15
+    iid = make_stream("iid", PROMPTS, 50, seed=2)
+    assert {d for d, _ in iid} == {"sql", "math"} and iid == make_stream("iid", PROMPTS, 50, seed=2)
+    assert all(p in PROMPTS[d] for d, p in iid)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tidal", PROMPTS, 5), "stream must be"),
+    (("iid", PROMPTS, 0), "num_queries"),
+    (("iid", {"sql": []}, 5), "empty stream"),
+    (("iid", {}, 5), "empty stream"),
+])
+def test_bad_streams(args, message):
+    with pytest.raises(ValueError, match=message):
+        make_stream(*args)
+
+
+def test_serve_records_corrections_and_updates(pair, tokenizer):
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
+                                       max_new_tokens=12, batch_size=8)
+    before = [p.clone() for p in draft.parameters()]
+    for domain, prompt in make_stream("iid", PROMPTS, 6):
+        text = decoder.serve(prompt, domain)
+        assert isinstance(text, str)
+    h = decoder.history
+    assert len(h["alpha"]) == 6 and all(0 <= a <= 1 for a in h["alpha"])
+    assert len(decoder.buffers["draft"]) > 0
+    assert [u[0] for u in h["updates"]] == [2, 4, 6]
+    assert any(not torch.equal(a, b) for a, b in zip(before, draft.parameters()))
+
+
+def test_online_greedy_output_is_still_the_targets(pair, tokenizer):
+    from osd_lab.decoding import autoregressive_generate
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                       max_new_tokens=10)
+    for prompt in PROMPTS["sql"] * 2:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        expected = autoregressive_generate(target, ids, 10,
+                                           eos_token_id=tokenizer.eos_token_id).tokens
+        assert decoder.serve(prompt) == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer):
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=100,
+                                       max_new_tokens=12)
+    decoder.serve(PROMPTS["sql"][0])
+    context, logits = decoder.buffers["draft"][0]
+    decoder.buffers["draft"].append((context, torch.full_like(logits, float("nan"))))
+    decoder.batch_size = len(decoder.buffers["draft"])
+    before = [p.clone() for p in draft.parameters()]
+    decoder.update()
+    assert decoder.history["skipped"] == [(1, "draft")] and not decoder.history["updates"]
+    assert all(torch.equal(a, b) for a, b in zip(before, draft.parameters()))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(update_interval=0), "update_interval"),
+    (dict(buffer_size=0), "buffer_size"),
+    (dict(draft_len=0), "draft_len"),
+    (dict(loss="mse"), "loss"),
+])
+def test_bad_settings(pair, tokenizer, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OnlineSpeculativeDecoder(*pair, tokenizer, **kwargs)
+
+
+def test_several_drafts_with_routers(pair, tokenizer):
+    target, draft = pair
+    drafts = {"sql": draft, "math": noisy_copy(target, 0.5, seed=2)}
+    with pytest.raises(ValueError, match="router"):
+        OnlineSpeculativeDecoder(target, drafts, tokenizer)
+    oracle = OnlineSpeculativeDecoder(target, drafts, tokenizer, max_new_tokens=8,
+                                      router=OracleRouter(drafts, fallback="sql"))
+    oracle.serve(PROMPTS["math"][0], "math")
+    oracle.serve("def f(x):", "code")  # a domain with no draft: falls back, and says so
+    assert oracle.history["draft"] == ["math", "sql"]
+    assert oracle.history["notes"][0] is None and "unknown domain 'code'" in oracle.history["notes"][1]
+
+    router = LearnedRouter(drafts, fallback="sql", vocab_size=len(tokenizer))
+    learned = OnlineSpeculativeDecoder(target, drafts, tokenizer, max_new_tokens=4, router=router)
+    for domain, prompt in make_stream("iid", PROMPTS, 40, seed=3):
+        learned.serve(prompt, domain)
+    late = list(zip(learned.history["domain"], learned.history["draft"]))[-10:]
+    assert all(domain == name for domain, name in late)  # it has learned the two classes
+    assert any(note and "unsure" in note for note in learned.history["notes"][:3])
