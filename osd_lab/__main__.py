@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--draft-len", type=int, default=4)
     parser.add_argument("--update-interval", type=int, default=4)
-    parser.add_argument("--buffer-size", type=int, default=512)
+    parser.add_argument("--buffer-size", type=int, default=128)
     parser.add_argument("--loss", choices=DIVERGENCES, default="fkl")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-new-tokens", type=int, default=32)

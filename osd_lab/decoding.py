@@ -158,7 +158,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
                          generator: torch.Generator | None = None,
                          draft_len_policy: str = "constant",
                          vocab_size: int | None = None,
-                         record_corrections: bool = False) -> GenerationOutput:
+                         record_target_logits: bool = False) -> GenerationOutput:
     """Speculative decoding of one prompt: the output is distributed as the target's.
 
     input_ids: ``(T,)`` or ``(1, T)`` prompt token ids.
@@ -168,15 +168,15 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         greedy, and the output then equals greedy ``autoregressive_generate``.
     vocab_size: compare logits on ids ``[0, vocab_size)``, for pairs that pad
         their vocabularies differently (default: both must be equal).
-    record_corrections: also return ``stats["corrections"]``, a list of
-        ``(i, logits (V,))``: the target's raw logits at each position where it
-        rejected the draft, which predicted new token ``i`` (for online
-        distillation, ``osd_lab.online``).
+    record_target_logits: also return ``stats["target_logits"]`` ``(N, V)``,
+        the target's raw logits that predicted each new token (computed during
+        verification anyway; used for online distillation, ``osd_lab.online``).
 
     Returns ``GenerationOutput(tokens (N,), stats)``; ``stats`` has, per step,
     ``alpha`` (exact sum_v min(p, q) at each drafted position), ``accepted``
     and ``draft_lens``; and ``acceptance_by_position``, ``mean_alpha``, ``tau``
-    (new tokens per target call), ``target_calls``, ``draft_calls``,
+    (new tokens per target call), ``corrections`` (indices of new tokens where
+    the target overruled the draft), ``target_calls``, ``draft_calls``,
     ``new_tokens``, ``wall_time_s`` and ``tokens_per_s``.
     """
     input_ids = check_prompt(target, input_ids, max_new_tokens)
@@ -189,7 +189,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
 
     start = clock(target.device)
     stats = dict(alpha=[], accepted=[], draft_lens=[], target_calls=0, draft_calls=0,
-                 corrections=[])
+                 corrections=[], target_logits=[])
     target_cache = DynamicCache(config=target.config)
     draft_cache = DynamicCache(config=draft.config)
     # Invariant: both caches hold every token but the last; the models have yet
@@ -224,11 +224,13 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
             result = verify(p, q, drafted, generator)
             n, next_token = int(result.num_accepted), result.next_token
             stats["alpha"].append(overlap(p[0, :g], q[0]).tolist())
-            if record_corrections and n < g:  # the target overruled the draft here
-                stats["corrections"].append((num_new + n, target_logits[0, n, :vocab_size]))
+            if n < g:  # the target overruled the draft here
+                stats["corrections"].append(num_new + n)
         else:
             n, next_token = 0, sample(p[:, 0], generator)
         stats["accepted"].append(n)
+        if record_target_logits:  # the rows that predicted the n + 1 kept tokens
+            stats["target_logits"].append(target_logits[0, :n + 1, :vocab_size])
         stats["draft_lens"].append(g)
         step_tokens = torch.cat([drafted[0, :n], next_token])  # (n + 1,)
         # 4. roll the caches back to "all but the newest token"
@@ -254,6 +256,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     drafted_at = [sum(g > i for g in stats["draft_lens"]) for i in range(max(stats["draft_lens"]))]
     accepted_at = [sum(n > i for n in stats["accepted"]) for i in range(len(drafted_at))]
     all_alpha = [a for step in stats["alpha"] for a in step]
+    if record_target_logits:
+        stats["target_logits"] = torch.cat(stats["target_logits"])[:len(tokens)]  # (N, V)
     stats.update(
         new_tokens=len(tokens), wall_time_s=wall, tokens_per_s=len(tokens) / wall,
         tau=len(tokens) / stats["target_calls"],

@@ -1,9 +1,13 @@
 """Online speculative decoding (Liu et al., 2310.07177): serve, record, distil.
 
-A server answers a stream of queries with speculative decoding. Wherever the
-target rejects a drafted token, it has just computed the distribution the
-draft should have had; we keep those target logits in a bounded replay
-buffer, and every ``update_interval`` queries take a distillation step on it.
+A server answers a stream of queries with speculative decoding. Verifying,
+the target computes its distribution at every generated position anyway.
+When the target had to correct the draft somewhere in a query, we keep that
+query with the target's logits in a bounded replay buffer, and every
+``update_interval`` queries take a distillation step on it: the draft learns
+the positions it got wrong *and* keeps the ones it got right (training on
+the corrected positions alone was measured to make the draft worse: it
+forgets what it matched).
 The draft thus follows the queries users actually send. With several drafts
 (one per query class) a router picks which draft serves each query.
 Taught in ``notebooks/06_online_speculative_decoding``.
@@ -16,7 +20,8 @@ from collections import deque
 import torch
 
 from osd_lab.decoding import speculative_generate
-from osd_lab.divergences import DIVERGENCES, token_divergence
+from osd_lab.distill import make_batch
+from osd_lab.divergences import DIVERGENCES, masked_mean, token_divergence
 
 STREAMS = ("sharp", "smooth", "iid")
 
@@ -117,9 +122,9 @@ class OnlineSpeculativeDecoder:
 
     drafts: one model, or a dict ``{name: model}`` with a ``router``.
     draft_len: tokens drafted per step; update_interval: queries between
-    distillation steps; buffer_size: corrections kept (oldest dropped first);
-    loss: a divergence of ``osd_lab.divergences``; batch_size: corrections per
-    update; max_new_tokens, temperature: decoding settings.
+    distillation steps; buffer_size: corrected queries kept (oldest dropped
+    first); loss: a divergence of ``osd_lab.divergences``; batch_size: queries
+    per update; max_new_tokens, temperature: decoding settings.
 
     ``history`` holds per query: ``domain``, ``draft`` (which served it),
     ``alpha``, ``tau``, ``new_tokens``, ``latency_s`` and ``notes`` (e.g. a
@@ -128,7 +133,7 @@ class OnlineSpeculativeDecoder:
     """
 
     def __init__(self, target, drafts, tokenizer, draft_len=4, update_interval=8,
-                 loss="fkl", buffer_size=512, lr=1e-3, batch_size=32, max_new_tokens=32,
+                 loss="fkl", buffer_size=128, lr=1e-3, batch_size=8, max_new_tokens=32,
                  temperature=0.0, router=None, vocab_size=None, seed=0):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
                             ("draft_len", draft_len), ("batch_size", batch_size)):
@@ -162,12 +167,12 @@ class OnlineSpeculativeDecoder:
                                    draft_len=self.draft_len, temperature=self.temperature,
                                    eos_token_id=self.tokenizer.eos_token_id,
                                    generator=self.generator, vocab_size=self.vocab_size,
-                                   record_corrections=True)
-        # keep (context, target logits) wherever the target corrected the draft
-        sequence = torch.cat([ids[0], out.tokens]).cpu()
-        for i, logits in out.stats["corrections"]:
-            if i < len(out.tokens):
-                self.buffers[name].append((sequence[:ids.shape[1] + i], logits.cpu()))
+                                   record_target_logits=True)
+        # keep the query, with the target's logits, if the target corrected the draft
+        if out.stats["corrections"]:
+            sequence = torch.cat([ids[0], out.tokens]).cpu()
+            self.buffers[name].append((sequence, ids.shape[1],
+                                       out.stats["target_logits"].cpu()))
         if self.router:
             self.router.observe(ids, domain)
         h = self.history
@@ -189,18 +194,17 @@ class OnlineSpeculativeDecoder:
         if not buffer:
             return
         batch = self.rng.sample(list(buffer), min(self.batch_size, len(buffer)))
-        length = max(len(context) for context, _ in batch)
-        ids = torch.zeros(len(batch), length, dtype=torch.long)  # right-padded contexts
-        for row, (context, _) in enumerate(batch):
-            ids[row, :len(context)] = context
-        last = torch.tensor([len(context) - 1 for context, _ in batch])
-        target_logits = torch.stack([logits for _, logits in batch]).to(draft.device)  # (B, V)
+        ids, mask = make_batch([seq for seq, _, _ in batch], [n for _, n, _ in batch])
+        vocab = batch[0][2].shape[-1]
+        target_logits = torch.zeros(*mask.shape, vocab)  # (B, L - 1, V), aligned t -> t + 1
+        for row, (_, prompt_len, logits) in enumerate(batch):
+            target_logits[row, prompt_len - 1:prompt_len - 1 + len(logits)] = logits
+        ids, mask = ids.to(draft.device), mask.to(draft.device)
+        target_logits = target_logits.to(draft.device)
         saved = copy.deepcopy(draft.state_dict())
         draft.train()
-        logits = draft(ids.to(draft.device)).logits  # (B, L, V_draft)
-        draft_logits = logits[torch.arange(len(batch)), last.to(draft.device),
-                              :target_logits.shape[-1]]  # (B, V)
-        value = token_divergence(self.loss, target_logits, draft_logits).mean()
+        draft_logits = draft(ids).logits[:, :-1, :vocab]  # (B, L - 1, V)
+        value = masked_mean(token_divergence(self.loss, target_logits, draft_logits), mask)
         optimizer.zero_grad(set_to_none=True)
         ok = bool(torch.isfinite(value))
         if ok:

@@ -75,8 +75,8 @@ def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer):
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=100,
                                        max_new_tokens=12)
     decoder.serve(PROMPTS["sql"][0])
-    context, logits = decoder.buffers["draft"][0]
-    decoder.buffers["draft"].append((context, torch.full_like(logits, float("nan"))))
+    sequence, prompt_len, logits = decoder.buffers["draft"][0]
+    decoder.buffers["draft"].append((sequence, prompt_len, torch.full_like(logits, float("nan"))))
     decoder.batch_size = len(decoder.buffers["draft"])
     before = [p.clone() for p in draft.parameters()]
     decoder.update()
