@@ -111,7 +111,7 @@ def main(argv=None):
     for d in DOMAINS:
         print(f"| {d} | {before[d]:.3f} | {after[d]:.3f} | {after[d] - before[d]:+.3f} |")
     avg = moving_average(h["alpha"], 20)
-    print(f"\nmoving average of served alpha (20 queries): first {avg[19]:.3f}, "
+    print(f"\nmoving average of served alpha (20 queries): first {avg[min(19, len(avg) - 1)]:.3f}, "
           f"last {avg[-1]:.3f}; per-query latency {sum(h['latency_s']) / len(h['latency_s']) * 1e3:.0f} ms")
     print(f"speed (greedy, {len(speed_prompts)} held-out prompts): autoregressive "
           f"{(ar_rate + ar_rate_2) / 2:.0f} tokens/s; speculative {spec_before:.0f} tokens/s "
