@@ -20,8 +20,8 @@ from collections import deque
 import torch
 
 from osd_lab.decoding import speculative_generate
-from osd_lab.distill import make_batch
-from osd_lab.divergences import DIVERGENCES, masked_mean, token_divergence
+from osd_lab.distill import make_batch, select_tokens
+from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
 
 STREAMS = ("sharp", "smooth", "iid")
 
@@ -125,6 +125,10 @@ class OnlineSpeculativeDecoder:
     distillation steps; buffer_size: corrected queries kept (oldest dropped
     first); loss: a divergence of ``osd_lab.divergences``; batch_size: queries
     per update; max_new_tokens, temperature: decoding settings.
+    keep_fraction: None for plain distillation, or AdaSPEC's k in (0, 1]: each
+    draft then has a reference copy, distilled with forward KL on the same
+    batches, and the draft trains only on the top k of tokens by
+    delta = KL(p || q_draft) - KL(p || q_reference).
 
     ``history`` holds per query: ``domain``, ``draft`` (which served it),
     ``alpha``, ``tau``, ``new_tokens``, ``latency_s`` and ``notes`` (e.g. a
@@ -134,13 +138,15 @@ class OnlineSpeculativeDecoder:
 
     def __init__(self, target, drafts, tokenizer, draft_len=4, update_interval=8,
                  loss="fkl", buffer_size=128, lr=1e-3, batch_size=8, max_new_tokens=32,
-                 temperature=0.0, router=None, vocab_size=None, seed=0):
+                 temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
                             ("draft_len", draft_len), ("batch_size", batch_size)):
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if loss not in DIVERGENCES:
             raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
+        if keep_fraction is not None and not 0 < keep_fraction <= 1:
+            raise ValueError(f"keep_fraction (AdaSPEC's k) must be in (0, 1], got {keep_fraction}")
         self.drafts = drafts if isinstance(drafts, dict) else {"draft": drafts}
         if len(self.drafts) > 1 and router is None:
             raise ValueError("several drafts need a router (OracleRouter or LearnedRouter)")
@@ -149,8 +155,13 @@ class OnlineSpeculativeDecoder:
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.temperature, self.vocab_size = temperature, vocab_size
         self.buffers = {name: deque(maxlen=buffer_size) for name in self.drafts}
-        self.optimizers = {name: torch.optim.AdamW(d.parameters(), lr=lr, weight_decay=0.0)
-                           for name, d in self.drafts.items()}
+        self.keep_fraction = keep_fraction
+        # AdaSPEC: a reference per draft, from the same weights, trained with plain FKL
+        self.references = ({name: copy.deepcopy(d) for name, d in self.drafts.items()}
+                           if keep_fraction is not None else {})
+        models = {**self.drafts, **{("reference", n): r for n, r in self.references.items()}}
+        self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
+                           for name, m in models.items()}
         self.rng = random.Random(seed)
         self.generator = torch.Generator(device=target.device).manual_seed(seed)
         self.history = {k: [] for k in ("domain", "draft", "alpha", "tau", "new_tokens",
@@ -189,8 +200,9 @@ class OnlineSpeculativeDecoder:
         return self.tokenizer.decode(out.tokens, skip_special_tokens=True)
 
     def update(self, name="draft"):
-        """One distillation step of draft ``name`` on a sample of its buffer."""
-        buffer, draft, optimizer = self.buffers[name], self.drafts[name], self.optimizers[name]
+        """One distillation step of draft ``name`` (and of its AdaSPEC reference)
+        on a sample of its buffer."""
+        buffer, draft = self.buffers[name], self.drafts[name]
         if not buffer:
             return
         batch = self.rng.sample(list(buffer), min(self.batch_size, len(buffer)))
@@ -201,23 +213,44 @@ class OnlineSpeculativeDecoder:
             target_logits[row, prompt_len - 1:prompt_len - 1 + len(logits)] = logits
         ids, mask = ids.to(draft.device), mask.to(draft.device)
         target_logits = target_logits.to(draft.device)
-        saved = copy.deepcopy(draft.state_dict())
-        draft.train()
-        draft_logits = draft(ids).logits[:, :-1, :vocab]  # (B, L - 1, V)
-        value = masked_mean(token_divergence(self.loss, target_logits, draft_logits), mask)
+        query = len(self.history["domain"])
+        reference = self.references.get(name)
+        if reference is not None:
+            with torch.no_grad():  # AdaSPEC: which tokens can a draft this size learn?
+                reference_loss = forward_kl(target_logits, reference(ids).logits[:, :-1, :vocab])
+            self._step(reference, ("reference", name), ids, target_logits, mask, "fkl")
+            draft_loss = forward_kl(target_logits, self._logits(draft, ids, vocab, grad=False))
+            mask = select_tokens(draft_loss, reference_loss, mask, self.keep_fraction)
+        value = self._step(draft, name, ids, target_logits, mask, self.loss)
+        if value is None:
+            self.history["skipped"].append((query, name))
+        else:
+            self.history["updates"].append((query, name, value, len(batch)))
+
+    @staticmethod
+    def _logits(model, ids, vocab, grad=True):
+        with torch.set_grad_enabled(grad):
+            return model(ids).logits[:, :-1, :vocab]  # (B, L - 1, V)
+
+    def _step(self, model, key, ids, target_logits, mask, loss):
+        """One optimiser step on the masked mean divergence; returns the loss, or
+        None (weights restored) when the loss, gradient or new weights are not finite."""
+        optimizer = self.optimizers[key]
+        saved = copy.deepcopy(model.state_dict())
+        model.train()
+        draft_logits = self._logits(model, ids, target_logits.shape[-1])
+        value = masked_mean(token_divergence(loss, target_logits, draft_logits), mask)
         optimizer.zero_grad(set_to_none=True)
         ok = bool(torch.isfinite(value))
         if ok:
             value.backward()
-            ok = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)))
+            ok = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
         if ok:
             optimizer.step()
-            ok = all(bool(torch.isfinite(p).all()) for p in draft.parameters())
-        draft.eval()
-        query = len(self.history["domain"])
+            ok = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        model.eval()
         if not ok:
-            draft.load_state_dict(saved)  # never serve a corrupted draft
+            model.load_state_dict(saved)  # never serve a corrupted draft
             optimizer.zero_grad(set_to_none=True)
-            self.history["skipped"].append((query, name))
-            return
-        self.history["updates"].append((query, name, value.item(), len(batch)))
+            return None
+        return value.item()

@@ -58,6 +58,29 @@ def test_serve_records_corrections_and_updates(pair, tokenizer):
     assert any(not torch.equal(a, b) for a, b in zip(before, draft.parameters()))
 
 
+def test_adaspec_updates_draft_and_reference_on_fewer_tokens(pair, tokenizer, monkeypatch):
+    import osd_lab.online as online
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=100,
+                                       max_new_tokens=12, keep_fraction=0.25)
+    for prompt in PROMPTS["sql"] + PROMPTS["math"]:
+        decoder.serve(prompt)
+    reference = decoder.references["draft"]
+    draft_before = [p.clone() for p in draft.parameters()]
+    reference_before = [p.clone() for p in reference.parameters()]
+    masks = []
+    real_masked_mean = online.masked_mean
+    monkeypatch.setattr(online, "masked_mean",
+                        lambda values, mask: masks.append(mask) or real_masked_mean(values, mask))
+    decoder.update()
+    reference_mask, draft_mask = masks  # the reference trains on all tokens, the draft on k
+    assert draft_mask.sum() == max(1, int(0.25 * reference_mask.sum()))
+    assert (draft_mask <= reference_mask).all()
+    assert decoder.history["updates"] and not decoder.history["skipped"]
+    assert any(not torch.equal(a, b) for a, b in zip(draft_before, draft.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(reference_before, reference.parameters()))
+
+
 def test_online_greedy_output_is_still_the_targets(pair, tokenizer):
     from osd_lab.decoding import autoregressive_generate
     target, draft = pair
@@ -89,6 +112,8 @@ def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer):
     (dict(buffer_size=0), "buffer_size"),
     (dict(draft_len=0), "draft_len"),
     (dict(loss="mse"), "loss"),
+    (dict(keep_fraction=0), "keep_fraction"),
+    (dict(keep_fraction=1.5), "keep_fraction"),
 ])
 def test_bad_settings(pair, tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
