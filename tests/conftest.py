@@ -11,6 +11,9 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXFor
 torch.set_num_threads(1)
 # Notebooks run by nbval read this to pick their quick settings (kernels inherit it).
 os.environ.setdefault("OSD_LAB_FAST", "1")
+# One thread per kernel too: two busy processes with two threads each on a 2-core
+# machine slow each other down several-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_VOCAB = 96
 ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "qwen2")
