@@ -28,9 +28,10 @@ from osd_lab.sampling import set_seed  # noqa: E402
 from osd_lab.zoo.corpus import DOMAINS, load_corpus  # noqa: E402
 
 STREAM_ORDER = ("sql", "math", "code", "prose")  # the draft's own domain first
+FIRST_LAST = 15  # queries at each end of a domain's share of the stream
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog="python -m osd_lab", description=__doc__.splitlines()[0])
     parser.add_argument("--stream", choices=STREAMS, default="sharp")
     parser.add_argument("--queries", type=int, default=300)
@@ -39,11 +40,13 @@ def parse_args(argv=None):
     parser.add_argument("--buffer-size", type=int, default=128)
     parser.add_argument("--loss", choices=DIVERGENCES, default="fkl")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--keep-fraction", type=float, default=None,
+                        help="AdaSPEC's k: distil only this fraction of tokens (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--eval-prompts", type=int, default=8, help="held-out per domain")
     parser.add_argument("--out", type=Path, default=Path("outputs"))
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    return parser
 
 
 def speed(pair, draft, prompts, args):
@@ -60,7 +63,10 @@ def speed(pair, draft, prompts, args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.eval_prompts < 1 or args.max_new_tokens < 1:
+        parser.error("--eval-prompts and --max-new-tokens must be >= 1")
     start = time.time()
     set_seed(args.seed)
     pair = load_pair("zoo")
@@ -69,8 +75,16 @@ def main(argv=None):
     # held-out prompts: the first n_eval of each domain evaluate, the rest form the stream
     eval_prompts = {d: [pair.tokenizer(p, return_tensors="pt").input_ids.to(pair.device)
                         for p in corpus[d]["prompts"][:n_eval]] for d in DOMAINS}
-    stream = make_stream(args.stream, {d: corpus[d]["prompts"][n_eval:] for d in STREAM_ORDER},
-                         args.queries, seed=args.seed)
+    try:  # bad settings stop here, before any work, with the decoder's own message
+        stream = make_stream(args.stream, {d: corpus[d]["prompts"][n_eval:]
+                                           for d in STREAM_ORDER}, args.queries, seed=args.seed)
+        decoder = OnlineSpeculativeDecoder(
+            pair.target, pair.draft, pair.tokenizer, draft_len=args.draft_len,
+            update_interval=args.update_interval, loss=args.loss, buffer_size=args.buffer_size,
+            lr=args.lr, max_new_tokens=args.max_new_tokens, vocab_size=pair.vocab_size,
+            keep_fraction=args.keep_fraction, seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
 
     print(f"osd_lab main job: zoo on {pair.device}, target "
           f"{pair.target.num_parameters() / 1e6:.1f}M / draft "
@@ -92,11 +106,6 @@ def main(argv=None):
     before = alphas()
     ar_rate, spec_before = speed(pair, pair.draft, speed_prompts, args)
 
-    decoder = OnlineSpeculativeDecoder(
-        pair.target, pair.draft, pair.tokenizer, draft_len=args.draft_len,
-        update_interval=args.update_interval, loss=args.loss, buffer_size=args.buffer_size,
-        lr=args.lr, max_new_tokens=args.max_new_tokens, vocab_size=pair.vocab_size,
-        seed=args.seed)
     for domain, prompt in tqdm(stream, desc=f"serving a {args.stream} stream"):
         decoder.serve(prompt, domain)
 
@@ -105,11 +114,21 @@ def main(argv=None):
     h = decoder.history
     print(f"\nonline run: {args.queries} queries ({args.stream} stream over "
           f"{', '.join(STREAM_ORDER)}), draft_len {args.draft_len}, update every "
-          f"{args.update_interval} queries, loss {args.loss}, {len(h['updates'])} updates, "
+          f"{args.update_interval} queries, loss {args.loss}"
+          f"{f' (AdaSPEC, k={args.keep_fraction})' if args.keep_fraction else ''}, "
+          f"{len(h['updates'])} updates, "
           f"{len(h['skipped'])} skipped\n")
     print("| domain | alpha before | alpha after | change |\n|---|---:|---:|---:|")
     for d in DOMAINS:
         print(f"| {d} | {before[d]:.3f} | {after[d]:.3f} | {after[d] - before[d]:+.3f} |")
+    print(f"\nserved alpha per domain, its first and last {FIRST_LAST} queries in the stream:")
+    print("| domain | queries | first | last | change |\n|---|---:|---:|---:|---:|")
+    for d in STREAM_ORDER:
+        served = [a for domain, a in zip(h["domain"], h["alpha"]) if domain == d]
+        if served:
+            first = sum(served[:FIRST_LAST]) / len(served[:FIRST_LAST])
+            last = sum(served[-FIRST_LAST:]) / len(served[-FIRST_LAST:])
+            print(f"| {d} | {len(served)} | {first:.3f} | {last:.3f} | {last - first:+.3f} |")
     avg = moving_average(h["alpha"], 20)
     print(f"\nmoving average of served alpha (20 queries): first {avg[min(19, len(avg) - 1)]:.3f}, "
           f"last {avg[-1]:.3f}; per-query latency {sum(h['latency_s']) / len(h['latency_s']) * 1e3:.0f} ms")
