@@ -1,7 +1,5 @@
 """Shared test helpers: tiny random-initialised models of several architectures."""
 
-import os
-
 import pytest
 import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
@@ -9,11 +7,6 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXFor
 
 # Tiny models gain nothing from threads, and extra threads fight the notebook kernels.
 torch.set_num_threads(1)
-# Notebooks run by nbval read this to pick their quick settings (kernels inherit it).
-os.environ.setdefault("OSD_LAB_FAST", "1")
-# One thread per kernel too: two busy processes with two threads each on a 2-core
-# machine slow each other down several-fold.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_VOCAB = 96
 ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "qwen2")
