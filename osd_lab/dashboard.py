@@ -28,8 +28,11 @@ def check_settings(draft_len, update_interval, temperature, loss, stream, querie
     for name, value in (("draft_len", draft_len), ("update_interval", update_interval),
                         ("temperature", temperature), ("queries", queries)):
         low, high = LIMITS[name]
-        if not low <= value <= high:
-            raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+        whole = isinstance(low, int)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (whole and value != int(value)) or not low <= value <= high:  # NaN fails too
+            kind = "an integer" if whole else "a number"
+            raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
     if loss not in DIVERGENCES:
         raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
     if stream not in STREAMS:
@@ -86,6 +89,10 @@ class Dashboard:
         """Run one online session with ``settings`` (default: the widgets' values)."""
         settings = settings or self.settings()
         try:
+            names = set(LIMITS) | {"loss", "stream"}
+            if set(settings) != names:
+                raise ValueError(f"settings must be exactly {sorted(names)}, "
+                                 f"got {sorted(settings)}")
             check_settings(**settings)
         except ValueError as err:
             self.status.value = f"<b>Not run:</b> {err}"

@@ -26,12 +26,20 @@ def dashboard():
     (dict(draft_len=0), "draft_len"), (dict(update_interval=100), "update_interval"),
     (dict(temperature=-0.1), "temperature"), (dict(loss="l2"), "loss"),
     (dict(stream="calm"), "stream"), (dict(queries=0), "queries"),
+    (dict(draft_len=2.5), "draft_len"), (dict(queries="10"), "queries"),
+    (dict(temperature=float("nan")), "temperature"), (dict(update_interval=True), "update_interval"),
 ])
 def test_bad_widget_values_are_reported_not_run(dashboard, change, message):
     with pytest.raises(ValueError, match=message):
         check_settings(**(GOOD | change))
     assert dashboard.run(GOOD | change) is None
     assert "Not run" in dashboard.status.value and message in dashboard.status.value
+
+
+def test_missing_or_unknown_settings_are_reported(dashboard):
+    assert dashboard.run({k: v for k, v in GOOD.items() if k != "loss"}) is None
+    assert "Not run" in dashboard.status.value and "settings must be exactly" in dashboard.status.value
+    assert dashboard.run(GOOD | dict(colour="red")) is None
 
 
 def test_run_writes_status_and_plot_into_widgets(dashboard):
