@@ -33,7 +33,7 @@ def run_ours(pair, prompts, tokens, **kwargs):
         if kwargs:
             out = speculative_generate(pair.target, pair.draft, ids, tokens,
                                        vocab_size=pair.vocab_size, **kwargs)
-            alphas += [a for step in out.stats["alpha"] for a in step]
+            alphas += out.stats["decided_alpha"]  # the positions verification decided
             calls += out.stats["target_calls"]
         else:
             out = autoregressive_generate(pair.target, ids, tokens)

@@ -174,8 +174,13 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
 
     Returns ``GenerationOutput(tokens (N,), stats)``; ``stats`` has, per step,
     ``alpha`` (exact sum_v min(p, q) at each drafted position), ``accepted``
-    and ``draft_lens``; and ``acceptance_by_position``, ``mean_alpha``, ``tau``
-    (new tokens per target call), ``corrections`` (indices of new tokens where
+    and ``draft_lens``; ``decided_alpha``, the alphas of the positions
+    verification decided (the accepted ones and the first rejected one, whose
+    prefix is the output's); ``verified_alpha`` (their mean: the alpha that
+    predicts speed), ``mean_alpha`` (the mean over all drafted positions, also
+    those after a rejection, whose prefix is thrown away),
+    ``acceptance_by_position``, ``tau`` (new tokens per target call),
+    ``corrections`` (indices of new tokens where
     the target overruled the draft), ``target_calls``, ``draft_calls``,
     ``new_tokens``, ``wall_time_s`` and ``tokens_per_s``.
     """
@@ -188,8 +193,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)
 
     start = clock(target.device)
-    stats = dict(alpha=[], accepted=[], draft_lens=[], target_calls=0, draft_calls=0,
-                 corrections=[], target_logits=[])
+    stats = dict(alpha=[], decided_alpha=[], accepted=[], draft_lens=[], target_calls=0,
+                 draft_calls=0, corrections=[], target_logits=[])
     target_cache = DynamicCache(config=target.config)
     draft_cache = DynamicCache(config=draft.config)
     # Invariant: both caches hold every token but the last; the models have yet
@@ -224,6 +229,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
             result = verify(p, q, drafted, generator)
             n, next_token = int(result.num_accepted), result.next_token
             stats["alpha"].append(overlap(p[0, :g], q[0]).tolist())
+            stats["decided_alpha"] += stats["alpha"][-1][:n + 1]  # accepted + first rejected
             if n < g:  # the target overruled the draft here
                 stats["corrections"].append(num_new + n)
         else:
@@ -262,5 +268,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         new_tokens=len(tokens), wall_time_s=wall, tokens_per_s=len(tokens) / wall,
         tau=len(tokens) / stats["target_calls"],
         mean_alpha=sum(all_alpha) / len(all_alpha) if all_alpha else float("nan"),
+        verified_alpha=(sum(stats["decided_alpha"]) / len(stats["decided_alpha"])
+                        if stats["decided_alpha"] else float("nan")),
         acceptance_by_position=[a / d for a, d in zip(accepted_at, drafted_at)])
     return GenerationOutput(tokens, stats)

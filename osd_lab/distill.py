@@ -82,15 +82,17 @@ def select_tokens(draft_loss, reference_loss, mask, keep_fraction):
 
 def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0,
                     max_new_tokens=32, vocab_size=None, seed=0):
-    """Exact alpha (mean of sum_v min(p, q) over drafted positions) and tau
-    (tokens per target call) of speculative decoding over ``prompts``."""
+    """Exact alpha and tau (tokens per target call) of speculative decoding over
+    ``prompts``. alpha is the mean of sum_v min(p, q) over the drafted positions
+    that verification decided (the accepted ones and the first rejected one of
+    each step); positions after a rejection sit on a prefix that is thrown away."""
     generator = torch.Generator(device=target.device).manual_seed(seed)
     alphas, new_tokens, target_calls = [], 0, 0
     for prompt in prompts:
         out = speculative_generate(target, draft, prompt, max_new_tokens, draft_len=draft_len,
                                    temperature=temperature, generator=generator,
                                    vocab_size=vocab_size)
-        alphas += [a for step in out.stats["alpha"] for a in step]
+        alphas += out.stats["decided_alpha"]
         new_tokens += out.stats["new_tokens"]
         target_calls += out.stats["target_calls"]
     return {"alpha": sum(alphas) / len(alphas), "tau": new_tokens / target_calls}

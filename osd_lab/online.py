@@ -131,7 +131,8 @@ class OnlineSpeculativeDecoder:
     delta = KL(p || q_draft) - KL(p || q_reference).
 
     ``history`` holds per query: ``domain``, ``draft`` (which served it),
-    ``alpha``, ``tau``, ``new_tokens``, ``latency_s`` and ``notes`` (e.g. a
+    ``alpha`` (the query's ``verified_alpha``), ``tau``, ``new_tokens``,
+    ``latency_s`` and ``notes`` (e.g. a
     router's fallback); and ``updates`` as ``(query_index, draft, loss,
     batch)`` and ``skipped`` updates as ``(query_index, draft)``.
     """
@@ -189,7 +190,7 @@ class OnlineSpeculativeDecoder:
         h = self.history
         h["domain"].append(domain)
         h["draft"].append(name)
-        h["alpha"].append(out.stats["mean_alpha"])
+        h["alpha"].append(out.stats["verified_alpha"])
         h["tau"].append(out.stats["tau"])
         h["new_tokens"].append(out.stats["new_tokens"])
         h["latency_s"].append(out.stats["wall_time_s"])

@@ -62,6 +62,14 @@ def test_stats_are_consistent():
     assert all(0 <= a <= 1 + 1e-6 for step in s["alpha"] for a in step)
     assert len(s["acceptance_by_position"]) == 3
     assert s["acceptance_by_position"][0] >= s["acceptance_by_position"][-1]
+    # verification decides the accepted positions and the first rejected one of a step
+    drafted = [g for g in s["draft_lens"] if g]
+    decided = [a for step, n, g in zip(s["alpha"], s["accepted"], drafted)
+               for a in step[:min(n + 1, g)]]
+    assert s["decided_alpha"] == decided
+    assert s["verified_alpha"] == pytest.approx(sum(decided) / len(decided))
+    # greedy: alpha is 1 where the argmaxes agree, so verified alpha = accepted / decided
+    assert sum(decided) == pytest.approx(sum(s["accepted"]))
 
 
 def test_identical_draft_accepts_everything_and_eos_stops_inside_block():
