@@ -115,5 +115,6 @@ class Dashboard:
                                      f"({baseline:.0f} tokens/s), {len(h['updates'])} updates")
                 self.plot.value = render_png(h, f"{settings['stream']} stream, "
                                                 f"{settings['loss']}, draft_len "
-                                                f"{settings['draft_len']}")
+                                                f"{settings['draft_len']}, temperature "
+                                                f"{settings['temperature']:g}")
         return decoder
