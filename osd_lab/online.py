@@ -80,23 +80,33 @@ class LearnedRouter:
     """A bag-of-tokens logistic-regression classifier, trained online.
 
     After each query its domain is revealed (e.g. by user feedback) and the
-    router takes one SGD step on it. Below ``min_confidence`` it falls back.
+    router takes one SGD step on it. It falls back when the prompt is unlike
+    anything it has learned from (more than ``max_novelty`` of its distinct
+    tokens never seen: a classifier is confidently wrong on such inputs) or
+    when its confidence is below ``min_confidence``.
     """
 
-    def __init__(self, names, fallback, vocab_size, lr=0.5, min_confidence=0.6, seed=0):
+    def __init__(self, names, fallback, vocab_size, lr=0.5, min_confidence=0.6,
+                 max_novelty=0.5, seed=0):
         torch.manual_seed(seed)
         self.names, self.fallback, self.min_confidence = list(names), fallback, min_confidence
-        self.vocab_size = vocab_size
+        self.vocab_size, self.max_novelty = vocab_size, max_novelty
         self.classifier = torch.nn.Linear(vocab_size, len(self.names))
         self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=lr)
+        self.seen = torch.zeros(vocab_size, dtype=torch.bool)  # tokens of observed prompts
 
     def features(self, prompt_ids):
         counts = torch.bincount(prompt_ids.flatten().cpu(), minlength=self.vocab_size)
         return (counts[:self.vocab_size] > 0).float()  # (V,) which tokens occur
 
     def route(self, prompt_ids, domain=None):
+        features = self.features(prompt_ids)
+        novelty = 1 - features[self.seen].sum() / features.sum().clamp(min=1)
+        if novelty > self.max_novelty:
+            return self.fallback, (f"prompt unlike any seen so far ({novelty:.0%} of its tokens "
+                                   f"new): served by the {self.fallback!r} draft")
         with torch.no_grad():
-            probs = torch.softmax(self.classifier(self.features(prompt_ids)), -1)
+            probs = torch.softmax(self.classifier(features), -1)
         confidence, index = probs.max(-1)
         if confidence < self.min_confidence:
             return self.fallback, (f"router unsure ({confidence:.2f} < {self.min_confidence}): "
@@ -106,7 +116,9 @@ class LearnedRouter:
     def observe(self, prompt_ids, domain):
         if domain not in self.names:
             return
-        logits = self.classifier(self.features(prompt_ids))
+        features = self.features(prompt_ids)
+        self.seen |= features.bool()
+        logits = self.classifier(features)
         loss = torch.nn.functional.cross_entropy(logits[None],
                                                  torch.tensor([self.names.index(domain)]))
         self.optimizer.zero_grad()

@@ -138,4 +138,15 @@ def test_several_drafts_with_routers(pair, tokenizer):
         learned.serve(prompt, domain)
     late = list(zip(learned.history["domain"], learned.history["draft"]))[-10:]
     assert all(domain == name for domain, name in late)  # it has learned the two classes
-    assert any(note and "unsure" in note for note in learned.history["notes"][:3])
+    assert "unlike any seen" in learned.history["notes"][0]  # nothing learned yet
+    learned.serve("def tokenize(path): yield from open(path)", "code")  # a domain never seen
+    assert learned.history["draft"][-1] == "sql" and "unlike any seen" in learned.history["notes"][-1]
+
+
+def test_learned_router_falls_back_when_unsure():
+    router = LearnedRouter(("sql", "math"), fallback="sql", vocab_size=10)
+    router.seen[:] = True  # every token known, but no class preferred
+    torch.nn.init.zeros_(router.classifier.weight)
+    torch.nn.init.zeros_(router.classifier.bias)
+    name, note = router.route(torch.tensor([[1, 2, 3]]))
+    assert name == "sql" and "unsure (0.50 < 0.6)" in note
