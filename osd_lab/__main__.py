@@ -121,13 +121,14 @@ def main(argv=None):
     print("| domain | alpha before | alpha after | change |\n|---|---:|---:|---:|")
     for d in DOMAINS:
         print(f"| {d} | {before[d]:.3f} | {after[d]:.3f} | {after[d] - before[d]:+.3f} |")
-    print(f"\nserved alpha per domain, its first and last {FIRST_LAST} queries in the stream:")
+    print(f"\nserved alpha per domain over its first and last queries in the stream "
+          f"({FIRST_LAST} each, or half of them if fewer):")
     print("| domain | queries | first | last | change |\n|---|---:|---:|---:|---:|")
     for d in STREAM_ORDER:
         served = [a for domain, a in zip(h["domain"], h["alpha"]) if domain == d]
+        k = max(1, min(FIRST_LAST, len(served) // 2))
         if served:
-            first = sum(served[:FIRST_LAST]) / len(served[:FIRST_LAST])
-            last = sum(served[-FIRST_LAST:]) / len(served[-FIRST_LAST:])
+            first, last = sum(served[:k]) / k, sum(served[-k:]) / k
             print(f"| {d} | {len(served)} | {first:.3f} | {last:.3f} | {last - first:+.3f} |")
     avg = moving_average(h["alpha"], 20)
     print(f"\nmoving average of served alpha (20 queries): first {avg[min(19, len(avg) - 1)]:.3f}, "
