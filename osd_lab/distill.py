@@ -37,6 +37,16 @@ def continue_prompt(model, prompt, max_new_tokens, temperature, generator=None):
     return torch.cat([prompt.to(out.tokens.device), out.tokens])
 
 
+def cut_prompts(tokenizer, texts, seed=0, min_len=8, max_len=64):
+    """Prompts ``(T,)`` cut from ``texts`` at random points: ``min_len`` to
+    ``max_len`` tokens, leaving at least ``min_len`` of the text after the cut."""
+    rng, prompts = random.Random(seed), []
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt").input_ids[0]
+        prompts.append(ids[:rng.randint(min_len, max(min_len, min(max_len, len(ids) - min_len)))])
+    return prompts
+
+
 def make_batch(sequences, prompt_lens, pad_id=0):
     """Right-pad sequences into ids ``(B, L)`` and a loss mask ``(B, L - 1)``.
 

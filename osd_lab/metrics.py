@@ -4,6 +4,8 @@
 * ``acceptance_along_greedy``: the exact acceptance rate
   alpha = sum_v min(p(v), q(v)) of target p and draft q at each position of
   the target's own greedy continuation, and how often the two argmaxes agree.
+* ``alpha_on_documents``: the same alpha at every position of held-out
+  documents, one forward pass per model (notebooks 04 and 05).
 * ``decode_step_time``: seconds per KV-cached decoding step.
 Taught in ``notebooks/00_meet_the_zoo``.
 """
@@ -50,6 +52,32 @@ def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
     p = logits_to_probs(p_logits, temperature)
     q = logits_to_probs(q_logits, temperature)
     return {"alpha": overlap(p, q), "agree": p_logits.argmax(-1) == q_logits.argmax(-1)}
+
+
+@torch.inference_mode()
+def alpha_on_documents(target, draft, documents, temperatures=(1.0,), vocab_size=None) -> dict:
+    """Exact alpha at every position of held-out documents, one pass per model.
+
+    documents: list of ``(1, T)`` token ids. At each position both models
+    predict the document's next token; alpha there is the chance that a
+    drafted token would be accepted, had the target written this text.
+    Returns ``{temperature: (mean, standard error)}`` over documents of each
+    document's mean alpha.
+    """
+    per_doc = {t: [] for t in temperatures}
+    for ids in documents:
+        ids = ids.to(target.device)
+        p_logits = target(ids).logits[0, :-1, :vocab_size]  # (T - 1, V)
+        q_logits = draft(ids).logits[0, :-1, :vocab_size]  # (T - 1, V)
+        for t in temperatures:
+            alpha = overlap(logits_to_probs(p_logits, t), logits_to_probs(q_logits, t))
+            per_doc[t].append(alpha.mean().item())
+    stats = {}
+    for t, values in per_doc.items():
+        values = torch.tensor(values)
+        error = values.std().item() / len(values) ** 0.5 if len(values) > 1 else 0.0
+        stats[t] = (values.mean().item(), error)
+    return stats
 
 
 @torch.inference_mode()

@@ -98,3 +98,18 @@ def test_all_masked_batch_and_mismatched_vocab():
     history = distill(tiny_model("llama", 1, vocab_size=128), target, prompts(), data="fixed",
                       steps=1, progress=False, vocab_size=96)
     assert len(history["loss"]) == 1
+
+
+def test_cut_prompts_are_seeded_prefixes():
+    from transformers import AutoTokenizer
+
+    from osd_lab.distill import cut_prompts
+    from osd_lab.models import ZOO_DIR
+    tokenizer = AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
+    texts = ["SELECT name, age FROM people WHERE age > 30 ORDER BY name;" * 4, "short"]
+    prompts = cut_prompts(tokenizer, texts, seed=1)
+    assert [p.tolist() for p in prompts] == [p.tolist() for p in cut_prompts(tokenizer, texts, 1)]
+    for text, prompt in zip(texts, prompts):
+        full = tokenizer(text, return_tensors="pt").input_ids[0]
+        assert torch.equal(prompt, full[:len(prompt)])
+        assert len(prompt) == min(len(full), 8) or 8 <= len(prompt) <= min(64, len(full) - 8)
