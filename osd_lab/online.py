@@ -227,32 +227,31 @@ class OnlineSpeculativeDecoder:
         ids, mask = ids.to(draft.device), mask.to(draft.device)
         target_logits = target_logits.to(draft.device)
         query = len(self.history["domain"])
-        reference = self.references.get(name)
-        if reference is not None:
-            with torch.no_grad():  # AdaSPEC: which tokens can a draft this size learn?
-                reference_loss = forward_kl(target_logits, reference(ids).logits[:, :-1, :vocab])
-            self._step(reference, ("reference", name), ids, target_logits, mask, "fkl")
-            draft_loss = forward_kl(target_logits, self._logits(draft, ids, vocab, grad=False))
-            mask = select_tokens(draft_loss, reference_loss, mask, self.keep_fraction)
-        value = self._step(draft, name, ids, target_logits, mask, self.loss)
+        reference_loss = None
+        if name in self.references:  # AdaSPEC: which tokens can a draft this size learn?
+            _, reference_loss = self._step(self.references[name], ("reference", name), ids,
+                                           target_logits, mask, "fkl")
+        value, _ = self._step(draft, name, ids, target_logits, mask, self.loss, reference_loss)
         if value is None:
             self.history["skipped"].append((query, name))
         else:
             self.history["updates"].append((query, name, value, len(batch)))
 
-    @staticmethod
-    def _logits(model, ids, vocab, grad=True):
-        with torch.set_grad_enabled(grad):
-            return model(ids).logits[:, :-1, :vocab]  # (B, L - 1, V)
-
-    def _step(self, model, key, ids, target_logits, mask, loss):
-        """One optimiser step on the masked mean divergence; returns the loss, or
-        None (weights restored) when the loss, gradient or new weights are not finite."""
+    def _step(self, model, key, ids, target_logits, mask, loss, reference_loss=None):
+        """One optimiser step on the masked mean divergence. With a ``reference_loss``
+        ``(B, L - 1)`` (AdaSPEC) only the top ``keep_fraction`` of tokens by
+        KL(p || q_model) - reference_loss count. Returns the loss, or None (weights
+        restored) when the loss, gradient or new weights are not finite, and the
+        per-token divergence ``(B, L - 1)`` before the step."""
         optimizer = self.optimizers[key]
         saved = copy.deepcopy(model.state_dict())
         model.train()
-        draft_logits = self._logits(model, ids, target_logits.shape[-1])
-        value = masked_mean(token_divergence(loss, target_logits, draft_logits), mask)
+        draft_logits = model(ids).logits[:, :-1, :target_logits.shape[-1]]  # (B, L - 1, V)
+        per_token = token_divergence(loss, target_logits, draft_logits)  # (B, L - 1)
+        if reference_loss is not None:
+            mask = select_tokens(forward_kl(target_logits, draft_logits), reference_loss, mask,
+                                 self.keep_fraction)
+        value = masked_mean(per_token, mask)
         optimizer.zero_grad(set_to_none=True)
         ok = bool(torch.isfinite(value))
         if ok:
@@ -265,5 +264,4 @@ class OnlineSpeculativeDecoder:
         if not ok:
             model.load_state_dict(saved)  # never serve a corrupted draft
             optimizer.zero_grad(set_to_none=True)
-            return None
-        return value.item()
+        return (value.item() if ok else None), per_token.detach()
