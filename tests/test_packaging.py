@@ -1,4 +1,4 @@
-"""pyproject.toml and environment.yml must list the same packages."""
+"""Packaging: environment.yml matches pyproject.toml, CI runs the README command, clean notebooks."""
 
 import re
 import tomllib
@@ -25,3 +25,10 @@ def test_environment_matches_pyproject():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_notebooks_store_no_widget_state():
+    """Saved widget state is kernel-specific noise: the notebooks show results by display()."""
+    import json
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert "widgets" not in json.loads(path.read_text())["metadata"], path.name
