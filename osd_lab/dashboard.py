@@ -29,8 +29,9 @@ def check_settings(draft_len, update_interval, temperature, loss, stream, querie
                         ("temperature", temperature), ("queries", queries)):
         low, high = LIMITS[name]
         whole = isinstance(low, int)
+        # the range before int(): NaN and inf fail it, and int() would raise on them
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or (whole and value != int(value)) or not low <= value <= high:  # NaN fails too
+                or not low <= value <= high or (whole and value != int(value)):
             kind = "an integer" if whole else "a number"
             raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
     if loss not in DIVERGENCES:

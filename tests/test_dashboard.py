@@ -28,6 +28,7 @@ def dashboard():
     (dict(stream="calm"), "stream"), (dict(queries=0), "queries"),
     (dict(draft_len=2.5), "draft_len"), (dict(queries="10"), "queries"),
     (dict(temperature=float("nan")), "temperature"), (dict(update_interval=True), "update_interval"),
+    (dict(draft_len=float("nan")), "draft_len"), (dict(queries=float("inf")), "queries"),
 ])
 def test_bad_widget_values_are_reported_not_run(dashboard, change, message):
     with pytest.raises(ValueError, match=message):
