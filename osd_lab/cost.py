@@ -13,8 +13,8 @@ Taught in ``notebooks/03_when_is_it_fast``.
 """
 
 import torch
-from transformers import DynamicCache
 
+from osd_lab.cache import forward, new_cache
 from osd_lab.decoding import clock
 from osd_lab.metrics import decode_step_time
 
@@ -64,10 +64,10 @@ def measure_verify_ratio(model, num_tokens: int, prompt_len: int = 32, repeats: 
     def time_pass(n):
         times = []
         for _ in range(repeats):
-            cache = DynamicCache(config=model.config)
-            model(ids[:, :prompt_len], past_key_values=cache)
+            cache = new_cache(model)
+            forward(model, ids[:, :prompt_len], cache)
             start = clock(model.device)
-            model(ids[:, prompt_len:prompt_len + n], past_key_values=cache)
+            forward(model, ids[:, prompt_len:prompt_len + n], cache)
             times.append(clock(model.device) - start)
         return min(times)  # the run least disturbed by other programs
 

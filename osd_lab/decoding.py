@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
-
+from transformers import PreTrainedModel
+from osd_lab.cache import forward, new_cache, rollback
 from osd_lab.models import output_vocab_size
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
 from osd_lab.verify import overlap, verify
@@ -88,13 +88,13 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     input_ids = check_prompt(model, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     start = clock(model.device)
-    cache = DynamicCache(config=model.config) if use_cache else None
+    cache = new_cache(model) if use_cache else None
     sequence = input_ids  # (1, T + generated so far)
     step_input = input_ids  # what the next forward pass reads
     new_tokens = []
     for _ in range(max_new_tokens):
         # 1. one forward pass: only the last position's logits matter
-        logits = model(step_input, past_key_values=cache, use_cache=use_cache).logits[:, -1]
+        logits = forward(model, step_input, cache, use_cache=use_cache).logits[:, -1]
         # 2. logits -> probabilities -> one token, shape (1,)
         token = sample(logits_to_probs(logits, temperature, top_k, top_p), generator)
         new_tokens.append(token)
@@ -195,13 +195,12 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     start = clock(target.device)
     stats = dict(alpha=[], decided_alpha=[], accepted=[], draft_lens=[], target_calls=0,
                  draft_calls=0, corrections=[], target_logits=[])
-    target_cache = DynamicCache(config=target.config)
-    draft_cache = DynamicCache(config=draft.config)
+    target_cache, draft_cache = new_cache(target), new_cache(draft)
     # Invariant: both caches hold every token but the last; the models have yet
     # to read `pending` (the draft also x_G after a fully accepted block).
     if input_ids.shape[1] > 1:
-        target(input_ids[:, :-1], past_key_values=target_cache)
-        draft(input_ids[:, :-1], past_key_values=draft_cache)
+        forward(target, input_ids[:, :-1], target_cache)
+        forward(draft, input_ids[:, :-1], draft_cache)
     target_pending = draft_pending = input_ids[:, -1:]  # (1, 1)
     new_tokens = []  # list of (n,) tensors
     num_new, gamma = 0, draft_len
@@ -211,7 +210,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         drafted, q = [], []
         draft_input = draft_pending
         for _ in range(g):
-            q_i = probs(draft(draft_input, past_key_values=draft_cache).logits[:, -1])
+            q_i = probs(forward(draft, draft_input, draft_cache).logits[:, -1])
             x_i = sample(q_i, generator)  # (1,)
             drafted.append(x_i)
             q.append(q_i)
@@ -221,7 +220,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         q = torch.stack(q, 1) if g else None  # (1, g, V)
         # 2. the target scores pending + all drafted tokens in one pass
         target_input = torch.cat([target_pending, drafted], dim=1)  # (1, g + 1)
-        target_logits = target(target_input, past_key_values=target_cache).logits
+        target_logits = forward(target, target_input, target_cache).logits
         p = probs(target_logits)  # (1, g + 1, V)
         stats["target_calls"] += 1
         # 3. keep a prefix of the draft, then one token from the target
@@ -240,9 +239,9 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         stats["draft_lens"].append(g)
         step_tokens = torch.cat([drafted[0, :n], next_token])  # (n + 1,)
         # 4. roll the caches back to "all but the newest token"
-        target_cache.crop(-(g - n))  # it read pending + x_1..x_g; keep up to x_n
+        rollback(target_cache, g - n)  # it read pending + x_1..x_g; keep up to x_n
         if n < g:
-            draft_cache.crop(-(g - 1 - n))  # it read pending + x_1..x_{g-1}
+            rollback(draft_cache, g - 1 - n)  # it read pending + x_1..x_{g-1}
             draft_pending = next_token[:, None]
         else:  # all accepted: the draft has not read x_g (nor pending, if g = 0)
             unread = drafted[:, -1:] if g else draft_pending

@@ -13,8 +13,8 @@ Taught in ``notebooks/00_meet_the_zoo``.
 import math
 
 import torch
-from transformers import DynamicCache
 
+from osd_lab.cache import forward, new_cache
 from osd_lab.decoding import autoregressive_generate, clock
 from osd_lab.sampling import logits_to_probs
 from osd_lab.verify import overlap
@@ -87,10 +87,10 @@ def decode_step_time(model, prompt_len: int = 32, steps: int = 64, repeats: int 
                         generator=torch.Generator().manual_seed(0)).to(model.device)
     times = []
     for _ in range(repeats + 1):  # the first run warms up and is dropped
-        cache = DynamicCache(config=model.config)
-        token = model(ids, past_key_values=cache).logits[:, -1:].argmax(-1)
+        cache = new_cache(model)
+        token = forward(model, ids, cache).logits[:, -1:].argmax(-1)
         start = clock(model.device)
         for _ in range(steps):
-            token = model(token, past_key_values=cache).logits[:, -1:].argmax(-1)
+            token = forward(model, token, cache).logits[:, -1:].argmax(-1)
         times.append((clock(model.device) - start) / steps)
     return sorted(times[1:])[len(times[1:]) // 2]

@@ -12,6 +12,7 @@ def hf_greedy(model, input_ids, max_new_tokens):
     return out[0, input_ids.shape[1]:]
 
 
+@pytest.mark.exactness
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_greedy_matches_transformers_tiny(arch, seed):
@@ -21,6 +22,7 @@ def test_greedy_matches_transformers_tiny(arch, seed):
     assert torch.equal(ours, hf_greedy(model, prompt, 24))
 
 
+@pytest.mark.exactness
 def test_greedy_matches_transformers_zoo(zoo):
     from osd_lab.zoo.corpus import DOMAINS, load_corpus
     for domain in DOMAINS:
@@ -30,6 +32,7 @@ def test_greedy_matches_transformers_zoo(zoo):
             assert torch.equal(ours, hf_greedy(model, prompt, 20)), domain
 
 
+@pytest.mark.exactness
 def test_cache_does_not_change_output():
     model = tiny_model("llama")
     prompt = torch.tensor([[0, 5, 9, 3]])
@@ -50,6 +53,7 @@ def test_seeded_sampling_is_reproducible_and_varies_with_seed():
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
+@pytest.mark.exactness
 def test_eos_stops_generation_and_is_kept():
     model = tiny_model("qwen2")
     prompt = torch.tensor([[0, 7, 8]])

@@ -81,6 +81,7 @@ def test_adaspec_updates_draft_and_reference_on_fewer_tokens(pair, tokenizer, mo
     assert any(not torch.equal(a, b) for a, b in zip(reference_before, reference.parameters()))
 
 
+@pytest.mark.exactness
 def test_online_greedy_output_is_still_the_targets(pair, tokenizer):
     from osd_lab.decoding import autoregressive_generate
     target, draft = pair

@@ -7,6 +7,7 @@ from conftest import ARCHITECTURES, noisy_copy, tiny_model
 from osd_lab.decoding import autoregressive_generate, speculative_generate
 
 
+@pytest.mark.exactness
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_greedy_equals_autoregressive_tiny(arch):
     target = tiny_model(arch, seed=0)
@@ -27,6 +28,7 @@ def test_greedy_equals_autoregressive_tiny(arch):
     assert 0.1 < accepted / drafted < 0.95
 
 
+@pytest.mark.exactness
 def test_greedy_equals_autoregressive_zoo(zoo):
     from osd_lab.zoo.corpus import DOMAINS, load_corpus
     corpus = load_corpus()
@@ -43,6 +45,7 @@ def test_greedy_equals_autoregressive_zoo(zoo):
     assert accepted > 0
 
 
+@pytest.mark.exactness
 def test_heuristic_draft_len_is_exact_and_adapts():
     target = tiny_model("llama")
     draft = noisy_copy(target, 0.3)
@@ -72,6 +75,7 @@ def test_stats_are_consistent():
     assert sum(decided) == pytest.approx(sum(s["accepted"]))
 
 
+@pytest.mark.exactness
 def test_identical_draft_accepts_everything_and_eos_stops_inside_block():
     target = tiny_model("gpt2")
     prompt = torch.tensor([[0, 11, 12]])
@@ -105,6 +109,7 @@ def exact_target_distribution(target, prompt, length, settings):
     dict(temperature=0.7, top_k=3, top_p=1.0),
     dict(temperature=1.3, top_k=0, top_p=0.8),
 ])
+@pytest.mark.exactness
 def test_sampled_output_is_distributed_as_target(settings):
     """Chi-square test at significance 0.001 on the first three tokens (seeded)."""
     vocab, length, runs = 4, 3, 2000

@@ -26,6 +26,7 @@ def test_hand_computed_acceptance_and_residual():
             assert (result.next_token[rejected] == 0).all()
 
 
+@pytest.mark.exactness
 def test_greedy_is_the_temperature_zero_case():
     p = torch.nn.functional.one_hot(torch.tensor([[2, 0, 1]]), 4).float()  # target argmaxes
     q = torch.nn.functional.one_hot(torch.tensor([[2, 3]]), 4).float()
@@ -36,6 +37,7 @@ def test_greedy_is_the_temperature_zero_case():
     assert all_ok.num_accepted.tolist() == [1] and all_ok.next_token.tolist() == [0]
 
 
+@pytest.mark.exactness
 def test_first_token_is_distributed_as_target():
     """One batched verification step: the emitted token ~ p_1 exactly, whatever q is."""
     gen = torch.Generator().manual_seed(0)
