@@ -11,6 +11,12 @@ os.environ.setdefault("OSD_LAB_FAST", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_report_header(config):
+    import torch
+    import transformers
+    return f"torch {torch.__version__}, transformers {transformers.__version__}"
+
+
 def _without_stderr(outputs):
     return [out for out in outputs
             if not (out.get("output_type") == "stream" and out.get("name") == "stderr")]
