@@ -10,6 +10,7 @@
   ``notebooks/02_speculative_decoding`` and ``03_when_is_it_fast``.
 """
 
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -59,6 +60,29 @@ def check_prompt(model: PreTrainedModel, input_ids, max_new_tokens: int) -> torc
     return input_ids.to(model.device)
 
 
+def check_eos(eos_token_id, vocab_size: int, device: torch.device) -> torch.Tensor | None:
+    """Validate ``eos_token_id``: an id, a list of ids (as generation configs
+    give), or None. Returns the ids as a 1-D tensor on ``device``, or None."""
+    if eos_token_id is None:
+        return None
+    if isinstance(eos_token_id, torch.Tensor):
+        eos_token_id = eos_token_id.tolist()
+    ids = list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    if not ids or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                          and 0 <= i < vocab_size for i in ids):
+        raise ValueError(f"eos_token_id must be a token id in [0, {vocab_size}) or a "
+                         f"non-empty list of them, got {eos_token_id!r}")
+    return torch.tensor([int(i) for i in ids], device=device)
+
+
+def first_eos(tokens: torch.Tensor, eos_ids: torch.Tensor | None) -> int | None:
+    """Index of the first end-of-sequence id in ``tokens`` ``(N,)``, or None."""
+    if eos_ids is None:
+        return None
+    hits = torch.isin(tokens, eos_ids).nonzero()
+    return int(hits[0]) if len(hits) else None
+
+
 def clock(device: torch.device) -> float:
     """Wall time in seconds, after waiting for queued GPU work to finish."""
     if device.type == "cuda":
@@ -77,7 +101,8 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     input_ids: ``(T,)`` or ``(1, T)`` prompt token ids.
     temperature, top_k, top_p: see ``logits_to_probs``; temperature 0 is greedy
         and then equals ``model.generate(do_sample=False)`` token for token.
-    eos_token_id: stop after this token (it is included in the output).
+    eos_token_id: stop after this token, or after any of a list of them (it
+        is included in the output).
     generator: a ``torch.Generator`` on the model's device, for reproducible sampling.
     use_cache: keep a KV cache (the default); False re-runs the whole sequence
         at every step, to show what the cache saves.
@@ -87,6 +112,7 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     """
     input_ids = check_prompt(model, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
+    eos_ids = check_eos(eos_token_id, output_vocab_size(model), model.device)
     start = clock(model.device)
     cache = new_cache(model) if use_cache else None
     sequence = input_ids  # (1, T + generated so far)
@@ -101,7 +127,7 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
         sequence = torch.cat([sequence, token[:, None]], dim=1)
         # 3. with a cache the next pass reads one token; without, everything
         step_input = token[:, None] if use_cache else sequence
-        if eos_token_id is not None and token.item() == eos_token_id:
+        if first_eos(token, eos_ids) is not None:
             break
     wall = clock(model.device) - start
     tokens = torch.cat(new_tokens)
@@ -166,6 +192,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         when ``draft_len_policy="heuristic"`` adapts it.
     temperature, top_k, top_p: applied to both models' logits; temperature 0 is
         greedy, and the output then equals greedy ``autoregressive_generate``.
+    eos_token_id: stop after this token (or any of a list of them), inclusive;
+        the statistics stop there too.
     vocab_size: compare logits on ids ``[0, vocab_size)``, for pairs that pad
         their vocabularies differently (default: both must be equal).
     record_target_logits: also return ``stats["target_logits"]`` ``(N, V)``,
@@ -188,6 +216,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     check_prompt(draft, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     vocab_size = check_pair(target, draft, draft_len, draft_len_policy, vocab_size)
+    eos_ids = check_eos(eos_token_id, vocab_size, target.device)
 
     def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
         return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)
@@ -248,9 +277,15 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
             draft_pending = torch.cat([unread, next_token[:, None]], dim=1)
         target_pending = next_token[:, None]
         # 5. stop at EOS (inclusive) or at max_new_tokens
-        if eos_token_id is not None and (step_tokens == eos_token_id).any():
-            first_eos = int((step_tokens == eos_token_id).nonzero()[0])
-            new_tokens.append(step_tokens[:first_eos + 1])
+        eos_at = first_eos(step_tokens, eos_ids)
+        if eos_at is not None:
+            new_tokens.append(step_tokens[:eos_at + 1])
+            if eos_at < n:  # EOS was an accepted draft token: the rest never happened
+                stats["accepted"][-1] = eos_at + 1
+                decided = stats["decided_alpha"]  # this step added min(n + 1, g) to it
+                del decided[len(decided) - min(n + 1, g) + eos_at + 1:]
+                if n < g:
+                    stats["corrections"].pop()
             break
         new_tokens.append(step_tokens)
         num_new += n + 1
