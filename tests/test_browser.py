@@ -41,6 +41,7 @@ NOTEBOOK = "notebooks/07_dashboard.ipynb"
 SERVER_START_S, NOTEBOOK_RUN_S, CLICK_RUN_S = 60, 180, 60  # generous: a loaded CPU
 
 
+@pytest.mark.widgets  # make test-min runs it on the lowest ipywidgets
 def test_dashboard_widgets_carry_stable_css_classes(zoo):
     """The selectors the browser test relies on (checked without a browser)."""
     from osd_lab.dashboard import Dashboard

@@ -7,6 +7,8 @@ from conftest import noisy_copy, tiny_model
 from osd_lab.dashboard import Dashboard, check_settings
 from osd_lab.models import ZOO_DIR
 
+pytestmark = pytest.mark.widgets  # make test-min runs these on the lowest ipywidgets
+
 PROMPTS = {"sql": ["SELECT name FROM", "SELECT id FROM books WHERE"],
            "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
 GOOD = dict(draft_len=3, update_interval=2, temperature=0.0, loss="fkl", stream="sharp",

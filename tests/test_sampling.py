@@ -71,8 +71,21 @@ def test_set_seed_reproducible():
     assert torch.equal(a, torch.rand(3))
 
 
-def test_get_device():
+def test_get_device(monkeypatch):
+    monkeypatch.delenv("OSD_LAB_DEVICE", raising=False)
     assert get_device().type in {"cuda", "mps", "cpu"}
+    assert get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("OSD_LAB_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+    assert get_device("meta") == torch.device("meta")  # the argument wins over the variable
+    with pytest.raises(ValueError, match="device must be"):
+        get_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda' was asked for .* not available"):
+            get_device("cuda")
+        monkeypatch.setenv("OSD_LAB_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="OSD_LAB_DEVICE"):
+            get_device()
 
 
 @pytest.mark.parametrize("kwargs, message", [
