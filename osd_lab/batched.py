@@ -154,6 +154,27 @@ class PaddedCache:
         return 1 - self.mask.sum().item() / max(1, self.mask.numel())
 
 
+@torch.inference_mode()
+def measure_pass_time(model: PreTrainedModel, batch_size: int, num_tokens: int,
+                      prompt_len: int = 32, repeats: int = 10) -> float:
+    """Seconds of one forward pass over ``(batch_size, num_tokens)`` new tokens
+    after a cached prompt of ``prompt_len``: the fastest of ``repeats``.
+
+    A target pass of a batched speculative step reads B x (gamma + 1) tokens;
+    this is what that costs next to B x 1 (``num_tokens=1``).
+    """
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len + num_tokens),
+                        generator=torch.Generator().manual_seed(0)).to(model.device)
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up and is dropped
+        cache = new_cache(model)
+        forward(model, ids[:, :prompt_len], cache)
+        start = clock(model.device)
+        forward(model, ids[:, prompt_len:], cache)
+        times.append(clock(model.device) - start)
+    return min(times[1:])  # the run least disturbed by other programs
+
+
 # -----------------------------------------------------------------------------
 # batched autoregressive decoding (the baseline)
 
