@@ -33,7 +33,7 @@ import torch
 from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, new_cache, rollback
-from osd_lab.decoding import check_pair, check_prompt, clock, next_draft_len
+from osd_lab.decoding import check_pair, check_prompt, clock, context_length, next_draft_len
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
 from osd_lab.verify import overlap, verify
 
@@ -292,10 +292,17 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
     draft_pending_mask = torch.ones_like(draft_pending)
     rows = torch.arange(batch, device=device)  # original index of each active row
     num_new = torch.zeros(batch, dtype=torch.long, device=device)  # per active row
+    # positions a row may still use: its prompt length + num_new must stay below this
+    limits = [context_length(m) for m in (target, draft) if context_length(m)]
+    room = torch.tensor([min(limits, default=10**9) - p.shape[1] for p in prompts],
+                        device=device)  # (B,)
     gamma, shrinking = draft_len, False
     while len(rows):
         b = len(rows)
-        g = min(gamma, int((max_new_tokens - num_new).min()) - 1)  # room for one more token
+        # one g for all rows: leave the longest-running row room for one more
+        # token, and every row inside its context; tokens past a row's own
+        # max_new_tokens are dropped below
+        g = min(gamma, int((max_new_tokens - num_new).max()) - 1, int((room - num_new).min()))
         # 1. the draft proposes g tokens for every row, one forward pass each
         drafted, q = [], []
         draft_input, draft_input_mask = draft_pending, draft_pending_mask
@@ -342,10 +349,10 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
         for i, row in enumerate(rows.tolist()):
             n, seq = int(accepted[i]), seqs[row]
             step_tokens = torch.cat([drafted[i, :n], next_token[i:i + 1]])  # (n + 1,)
-            room = max_new_tokens - int(num_new[i])
+            left = max_new_tokens - int(num_new[i])
             hits = (step_tokens == eos_token_id).nonzero() if eos_token_id is not None else []
             eos_at = int(hits[0]) if len(hits) else None
-            kept = min(room, n + 1 if eos_at is None else eos_at + 1)
+            kept = min(left, n + 1 if eos_at is None else eos_at + 1)
             seq["tokens"].append(step_tokens[:kept])
             seq["accepted"].append(n)
             seq["draft_lens"].append(g)
@@ -366,7 +373,7 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
         keep = torch.tensor([not d for d in done], device=device)
         if not keep.all():  # finished rows leave the batch and both caches
             kept_rows = keep.nonzero()[:, 0]
-            rows, num_new = rows[keep], num_new[keep]
+            rows, num_new, room = rows[keep], num_new[keep], room[keep]
             target_pending = target_pending[keep]
             draft_pending, draft_pending_mask = draft_pending[keep], draft_pending_mask[keep]
             target_state.keep_rows(kept_rows)

@@ -77,6 +77,13 @@ def test_one_row_cannot_change_another():
     assert all(torch.equal(outputs[0], o) for o in outputs[1:])
 
 
+def test_rows_near_the_context_end_stay_inside_it():
+    target = tiny_model("gpt2")  # 128 absolute positions: one more is an index error
+    prompts = random_prompts([118, 3])
+    out = batched_speculative_generate(target, target, prompts, 10, draft_len=8)
+    assert_rows_equal(greedy(target, prompts, 10), out.tokens)
+
+
 def test_stats_and_finished_rows_leave_the_batch():
     target = tiny_model("llama")
     prompts = random_prompts(LENGTHS)
