@@ -2,7 +2,7 @@
 
     python benchmarks/batched.py [--prompts 16] [--tokens 32] [--batch-sizes 1 2 4 8 16]
                                  [--draft-len 4] [--repeats 2] [--device cpu] [--dtype float32]
-                                 [--threads N]
+                                 [--threads N] [--clock wall|cpu]
 
 The same ``--prompts`` prompts are decoded in batches of each size B (so
 every B does the same work) by
@@ -15,7 +15,9 @@ another. All produce ``--tokens`` greedy tokens per prompt (no EOS stop);
 ours must equal the single-sequence greedy output, else the script stops.
 Twice: on the draft's own domain (sql) and on a mixed batch (sql, code,
 prose, math in turn). Each method is warmed up at each B, then timed
-``--repeats`` times interleaved; the fastest run counts.
+``--repeats`` times interleaved; the fastest run counts. On a CPU shared with
+other programs, ``--threads 1 --clock cpu`` counts this process's CPU time,
+which their load does not inflate.
 
 The cost model explains the crossover: at batch B a speculative step costs
 gamma draft passes over B x 1 tokens and one target pass over
@@ -43,25 +45,26 @@ def chunks(items, size):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def run_hf(pair, prompts, tokens, batch_size):
-    """transformers' generate, left-padded batches; returns wall time and outputs."""
+def run_hf(pair, prompts, tokens, batch_size, now):
+    """transformers' generate, left-padded batches; returns the time and outputs."""
     outputs, wall = [], 0.0
     pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     for chunk in chunks(prompts, batch_size):
         ids, mask = left_pad([p[None] for p in chunk], pad)
-        start = clock(pair.device)
+        start = now()
         out = pair.target.generate(ids, attention_mask=mask, do_sample=False,
                                    max_new_tokens=tokens, min_new_tokens=tokens,
                                    eos_token_id=None, pad_token_id=pad)
-        wall += clock(pair.device) - start
+        wall += now() - start
         outputs += [row.tolist() for row in out[:, ids.shape[1]:]]
     return wall, outputs, {}
 
 
-def run_ours(pair, prompts, tokens, batch_size, **kwargs):
+def run_ours(pair, prompts, tokens, batch_size, now, **kwargs):
     """Ours in batches: autoregressive, or speculative when ``kwargs`` are given."""
     outputs, wall, steps, rows, decided = [], 0.0, 0, 0, []
     for chunk in chunks(prompts, batch_size):
+        start = now()
         if kwargs:
             out = batched_speculative_generate(pair.target, pair.draft, chunk, tokens,
                                                vocab_size=pair.vocab_size, **kwargs)
@@ -70,20 +73,21 @@ def run_ours(pair, prompts, tokens, batch_size, **kwargs):
             decided += [a for seq in out.stats["sequences"] for a in seq["decided_alpha"]]
         else:
             out = batched_autoregressive_generate(pair.target, chunk, tokens)
-        wall += out.stats["wall_time_s"]
+        wall += now() - start
         outputs += [t.tolist() for t in out.tokens]
     stats = dict(tau=len(outputs) * tokens / rows, alpha=sum(decided) / len(decided),
                  steps=steps) if kwargs else {}
     return wall, outputs, stats
 
 
-def run_sequential(pair, prompts, tokens, draft_len):
+def run_sequential(pair, prompts, tokens, draft_len, now):
     """Single-sequence speculative decoding, one prompt after another."""
     outputs, wall, calls, decided = [], 0.0, 0, []
     for ids in prompts:
+        start = now()
         out = speculative_generate(pair.target, pair.draft, ids, tokens, draft_len=draft_len,
                                    vocab_size=pair.vocab_size)
-        wall += out.stats["wall_time_s"]
+        wall += now() - start
         calls += out.stats["target_calls"]
         decided += out.stats["decided_alpha"]
         outputs.append(out.tokens.tolist())
@@ -99,21 +103,21 @@ def pick_prompts(pair, corpus, domain, count):
     return [pair.tokenizer(t, return_tensors="pt").input_ids[0].to(pair.device) for t in texts]
 
 
-def benchmark(pair, prompts, args):
+def benchmark(pair, prompts, args, now):
     """Best-of-repeats tokens/s of every method at every batch size; prints two
     tables and returns the crossover batch size (None if speculation always paid)."""
     gamma = args.draft_len
     methods = {  # (prompts, tokens, batch size) -> (wall, outputs, stats)
-        "transformers generate (padded)": lambda ps, n, b: run_hf(pair, ps, n, b),
-        "autoregressive (ours, batched)": lambda ps, n, b: run_ours(pair, ps, n, b),
+        "transformers generate (padded)": lambda ps, n, b: run_hf(pair, ps, n, b, now),
+        "autoregressive (ours, batched)": lambda ps, n, b: run_ours(pair, ps, n, b, now),
         f"speculative (batched, gamma={gamma})": lambda ps, n, b: run_ours(
-            pair, ps, n, b, draft_len=gamma),
+            pair, ps, n, b, now, draft_len=gamma),
         "speculative (batched, BASS schedule)": lambda ps, n, b: run_ours(
-            pair, ps, n, b, draft_len_policy="bass"),
+            pair, ps, n, b, now, draft_len_policy="bass"),
     }
     reference = [autoregressive_generate(pair.target, p, args.tokens).tokens.tolist()
                  for p in prompts]
-    run_sequential(pair, prompts[:1], 2, gamma)  # warm-up
+    run_sequential(pair, prompts[:1], 2, gamma, now)  # warm-up
     for b in args.batch_sizes:  # warm up every method at every size
         for run in methods.values():
             run(prompts[:b], 2, b)
@@ -124,12 +128,12 @@ def benchmark(pair, prompts, args):
                 result = run(prompts, args.tokens, b)
                 if (name, b) not in best or result[0] < best[(name, b)][0]:
                     best[(name, b)] = result
-        result = run_sequential(pair, prompts, args.tokens, gamma)
+        result = run_sequential(pair, prompts, args.tokens, gamma, now)
         if sequential is None or result[0] < sequential[0]:
             sequential = result
     if sequential[1] != reference:
         raise SystemExit("sequential speculative decoding differs from greedy decoding")
-    passes = {b: pass_times(pair, b, gamma) for b in args.batch_sizes}
+    passes = {b: pass_times(pair, b, gamma, args.clock == "cpu") for b in args.batch_sizes}
     total = len(prompts) * args.tokens
     print("\n| B | method | tokens/s | vs autoregressive (ours, same B) | alpha | tau | "
           "predicted | same tokens |")
@@ -174,11 +178,11 @@ def benchmark(pair, prompts, args):
     return crossover
 
 
-def pass_times(pair, batch_size, gamma):
+def pass_times(pair, batch_size, gamma, cpu_time):
     """Seconds of target(B, 1), target(B, gamma + 1) and draft(B, 1) passes."""
-    return (measure_pass_time(pair.target, batch_size, 1),
-            measure_pass_time(pair.target, batch_size, gamma + 1),
-            measure_pass_time(pair.draft, batch_size, 1))
+    return tuple(measure_pass_time(model, batch_size, width, cpu_time=cpu_time)
+                 for model, width in ((pair.target, 1), (pair.target, gamma + 1),
+                                      (pair.draft, 1)))
 
 
 def main(argv=None):
@@ -194,19 +198,28 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the best)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU time (CPU device and one thread only; "
+                             "steady when other programs share the cores)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if min(args.batch_sizes) < 1 or args.prompts < 1 or args.tokens < 2 or args.repeats < 1:
         parser.error("--batch-sizes, --prompts and --repeats must be >= 1, --tokens >= 2")
     pair = load_pair(args.pair, device=args.device, dtype=getattr(torch, args.dtype))
+    if args.clock == "cpu" and (pair.device.type != "cpu" or torch.get_num_threads() != 1):
+        parser.error("--clock cpu needs the CPU device and --threads 1")
+
+    def now():
+        return time.process_time() if args.clock == "cpu" else clock(pair.device)
     corpus = load_corpus()
     print(f"pair {pair.name} on {pair.device} ({args.dtype}), {torch.get_num_threads()} threads, "
           f"{args.prompts} prompts x {args.tokens} greedy tokens (no EOS stop), batch sizes "
-          f"{args.batch_sizes}, best of {args.repeats} interleaved after a warm-up")
+          f"{args.batch_sizes}, best of {args.repeats} interleaved after a warm-up, "
+          f"{args.clock} clock")
     for domain in args.domains:
         print(f"\n## {domain}" + (" (the draft's own domain)" if domain == "sql" else ""))
-        benchmark(pair, pick_prompts(pair, corpus, domain, args.prompts), args)
+        benchmark(pair, pick_prompts(pair, corpus, domain, args.prompts), args, now)
 
 
 if __name__ == "__main__":
