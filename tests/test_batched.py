@@ -208,7 +208,8 @@ def test_serve_batch_splits_by_draft_and_records_per_row(tokenizer):
     assert h["domain"] == domains and h["draft"] == ["sql", "math", "sql", "sql"]
     assert h["notes"][3] and "fallback" not in str(h["notes"][:3]) and h["notes"][0] is None
     assert len(decoder.buffers["sql"]) + len(decoder.buffers["math"]) >= 1
-    assert all(len(seq) > prompt_len for seq, prompt_len, _ in decoder.buffers["sql"])
+    for seq, prompt_len, logits in [*decoder.buffers["sql"], *decoder.buffers["math"]]:
+        assert len(seq) > prompt_len and len(logits) == len(seq) - prompt_len  # one per token
     assert len(h["updates"]) + len(h["skipped"]) == 2 * len(drafts)  # 4 queries, interval 2
     # greedy: the same texts as serving one query at a time
     single = OnlineSpeculativeDecoder(target, drafts, tokenizer, update_interval=100,
