@@ -83,10 +83,29 @@ def first_eos(tokens: torch.Tensor, eos_ids: torch.Tensor | None) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
+def check_generator(generator, device: torch.device) -> None:
+    """Raise unless ``generator`` is None or a ``torch.Generator`` on ``device``.
+
+    A generator draws on its own device only: a CPU generator cannot sample
+    a CUDA tensor, nor a CUDA generator a CPU one.
+    """
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
+    here = generator.device
+    if here.type != device.type or (here.index or 0) != (device.index or 0):
+        raise ValueError(f"generator is on {here} but the model is on {device}: create it "
+                         f"there, e.g. torch.Generator(device=\"{device}\").manual_seed(0)")
+
+
 def clock(device: torch.device) -> float:
-    """Wall time in seconds, after waiting for queued GPU work to finish."""
+    """Wall time in seconds, after waiting for work queued on a GPU (CUDA or MPS)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
     return time.perf_counter()
 
 
@@ -113,6 +132,7 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     input_ids = check_prompt(model, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     eos_ids = check_eos(eos_token_id, output_vocab_size(model), model.device)
+    check_generator(generator, model.device)
     start = clock(model.device)
     cache = new_cache(model) if use_cache else None
     sequence = input_ids  # (1, T + generated so far)
@@ -215,6 +235,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     input_ids = check_prompt(target, input_ids, max_new_tokens)
     check_prompt(draft, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
+    check_generator(generator, target.device)
     vocab_size = check_pair(target, draft, draft_len, draft_len_policy, vocab_size)
     eos_ids = check_eos(eos_token_id, vocab_size, target.device)
 

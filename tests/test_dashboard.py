@@ -3,6 +3,9 @@ from types import SimpleNamespace
 import pytest
 from transformers import AutoTokenizer
 
+pytest.importorskip("ipywidgets", reason="the dashboard needs ipywidgets (absent on the "
+                    "lent GPU machine, which runs the device tests only)")
+
 from conftest import noisy_copy, tiny_model
 from osd_lab.dashboard import Dashboard, check_settings
 from osd_lab.models import ZOO_DIR
