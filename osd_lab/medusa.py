@@ -45,7 +45,7 @@ class MedusaModel(nn.Module):
         super().__init__()
         check_base_model(base)
         self.base = base.requires_grad_(False)
-        self.heads = heads.to(base.device)
+        self.heads = heads.to(base.device, base.dtype)
 
     @property
     def gamma(self) -> int:

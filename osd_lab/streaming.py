@@ -160,8 +160,9 @@ def main_stream(base, input_ids, cache, main_mask=None, position_ids=None):
         position_ids = past_len + torch.arange(input_ids.shape[1], device=base.device)[None]
     else:  # the model takes an additive float mask (1, 1, T, S) as it is
         blocked = ~main_mask.to(base.device)
-        extra["attention_mask"] = torch.zeros(blocked.shape, device=base.device).masked_fill(
-            blocked, torch.finfo(torch.float32).min)[None, None]
+        extra["attention_mask"] = torch.zeros(blocked.shape, device=base.device,
+                                              dtype=base.dtype).masked_fill(
+            blocked, torch.finfo(base.dtype).min)[None, None]
         extra["position_ids"] = position_ids
     out = forward(base, input_ids, cache, output_hidden_states=True, **extra)
     return out, main_mask, position_ids
@@ -174,7 +175,7 @@ class StreamingModel(nn.Module):
         super().__init__()
         check_base_model(base)
         self.base = base.requires_grad_(False)
-        self.streams = streams.to(base.device)
+        self.streams = streams.to(base.device, base.dtype)
 
     @property
     def gamma(self) -> int:
