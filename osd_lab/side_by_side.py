@@ -19,16 +19,17 @@ def target_passes(out: GenerationOutput) -> int:
     return stats["target_calls"]
 
 
-def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup,
+def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
                       repeats: int = 2) -> dict:
     """``{name: dict(wall_s, tokens, passes, outputs)}`` for decoders ``name -> f(ids)``.
 
-    warmup: one prompt every decoder reads first, untimed.
+    warmup: one prompt every decoder reads first, untimed (None: already warm).
     wall_s is the fastest of ``repeats`` totals; tokens and passes are summed
     over the prompts; outputs are the token lists (the same on every repeat).
     """
-    for decode in decoders.values():
-        decode(warmup)
+    if warmup is not None:
+        for decode in decoders.values():
+            decode(warmup)
     results = {name: dict(wall_s=float("inf")) for name in decoders}
     for _ in range(repeats):
         for name, decode in decoders.items():
