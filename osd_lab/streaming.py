@@ -207,7 +207,8 @@ class StreamingModel(nn.Module):
         heads = (batch, num_streams, -1, attn.head_dim)
 
         def project(name, h):  # (B, M, d) -> (B, heads, M, D)
-            return self.linear(layer_number, getattr(attn, name), name, h).view(heads).transpose(1, 2)
+            out = self.linear(layer_number, getattr(attn, name), name, h)
+            return out.view(heads).transpose(1, 2)
 
         # 1. attention: streams query the main keys (cache) and their own keys
         h = layer.input_layernorm(x)
