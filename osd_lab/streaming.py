@@ -1,0 +1,512 @@
+"""Speculative Streaming: one model that drafts for itself (Bhendawade et al. 2024).
+
+The top ``num_stream_layers`` (N_s) decoder layers of a Llama carry, next to
+every main-stream token, ``gamma`` extra *speculative streams*. Stream j of
+the token at position t starts, at layer N - N_s, as the main stream's hidden
+state there plus a learned stream-identifier embedding; it attends to the main
+stream's prefix (everything token t sees) and to streams 1..j of the same
+token; after the last layer the model's own norm and LM head turn it into a
+guess of token t + j + 1 (the main stream at t predicts t + 1). Main tokens
+never attend to streams, so the main stream is the base model, bit for bit:
+we compute it by calling the base model itself.
+
+* ``multi_stream_mask`` / ``stream_attention_mask``: the attention pattern,
+  small enough to print.
+* ``Streams``: the trainable part (stream embeddings and optional stream-only
+  low-rank adapters); ``StreamingModel`` puts them on a frozen base model.
+* ``streaming_generate``: each forward pass verifies the tokens drafted in
+  the previous pass (``osd_lab.verify.verify``, greedy or sampling) and
+  drafts the next ones from the streams; ``tree_nodes`` switches to a
+  pruned tree of top-k stream candidates (greedy).
+
+The same loop decodes ``osd_lab.medusa.MedusaModel`` (Medusa-style heads).
+Training: ``python -m osd_lab.zoo.train_streams``. Taught in
+``notebooks/09_speculative_streaming``.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+from osd_lab.cache import forward, new_cache, rollback
+from osd_lab.decoding import GenerationOutput, check_prompt, clock
+from osd_lab.models import ZOO_DIR
+from osd_lab.sampling import check_sampling_args, get_device, logits_to_probs, sample
+from osd_lab.verify import overlap, verify
+
+SUPPORTED_MODEL_TYPES = ("llama",)  # LlamaForCausalLM
+ADAPTED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+STREAMS_DIR = ZOO_DIR / "streams"
+
+
+def check_int(name: str, value, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]``, or a ``ValueError`` naming ``name``."""
+    allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+    return int(value)
+
+
+def check_base_model(base: PreTrainedModel) -> None:
+    """Refuse a base model whose architecture the streams do not support."""
+    model_type = getattr(base.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"speculative streams support model_type {SUPPORTED_MODEL_TYPES} "
+                         f"(LlamaForCausalLM), got {model_type!r} "
+                         f"({type(base).__name__})")
+
+
+# -----------------------------------------------------------------------------
+# the attention pattern
+
+def causal_mask(num_tokens: int, past_len: int = 0) -> torch.Tensor:
+    """Bool ``(T, P + T)``: token t sees the P cached tokens and tokens 0..t."""
+    mask = torch.ones(num_tokens, past_len + num_tokens, dtype=torch.bool)
+    return mask.tril(diagonal=past_len)
+
+
+def stream_attention_mask(main_mask: torch.Tensor, gamma: int) -> torch.Tensor:
+    """What each stream sees, bool ``(T * gamma, S + T * gamma)``.
+
+    main_mask: ``(T, S)`` what each of the T main tokens sees among the S main
+        keys (cache and this pass): ``causal_mask`` for a chain, the ancestors
+        for a tree.
+    Row ``t * gamma + j - 1`` is stream j of token t: it sees what token t sees
+    (the first S columns) and streams 1..j of token t (the last T * gamma).
+    """
+    num_tokens = main_mask.shape[0]
+    sees_main = main_mask.repeat_interleave(gamma, dim=0)  # (T * gamma, S)
+    earlier_streams = torch.ones(gamma, gamma, dtype=torch.bool).tril()  # (gamma, gamma)
+    sees_streams = torch.block_diag(*[earlier_streams] * num_tokens)  # (T * g, T * g)
+    return torch.cat([sees_main, sees_streams], dim=1)
+
+
+def multi_stream_mask(num_tokens: int, gamma: int) -> torch.Tensor:
+    """The whole pattern of one pass with no cache, bool ``(T (1 + gamma), T (1 + gamma))``.
+
+    Rows and columns: the T main tokens, then the streams of token 0
+    (1..gamma), of token 1, ... Main tokens see earlier main tokens only.
+    """
+    main = causal_mask(num_tokens)  # (T, T)
+    main_rows = torch.cat([main, torch.zeros(num_tokens, num_tokens * gamma,
+                                             dtype=torch.bool)], dim=1)
+    return torch.cat([main_rows, stream_attention_mask(main, gamma)], dim=0)
+
+
+# -----------------------------------------------------------------------------
+# the trainable part
+
+class LowRank(nn.Module):
+    """A low-rank update ``x -> x A^T B^T`` that starts at zero (LoRA)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(rank, in_features) / in_features ** 0.5)
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+
+    def forward(self, x):
+        return x @ self.A.T @ self.B.T
+
+
+class Streams(nn.Module):
+    """Stream-identifier embeddings, plus low-rank adapters used by streams only."""
+
+    def __init__(self, base: PreTrainedModel, gamma: int, num_stream_layers: int,
+                 adapter_rank: int = 0):
+        super().__init__()
+        check_base_model(base)
+        config = base.config
+        self.gamma = check_int("gamma", gamma, 1)
+        self.num_stream_layers = check_int("num_stream_layers", num_stream_layers, 1,
+                                           config.num_hidden_layers)
+        self.adapter_rank = check_int("adapter_rank", adapter_rank, 0)
+        self.stream_embeddings = nn.Parameter(0.02 * torch.randn(gamma, config.hidden_size))
+        self.adapters = nn.ModuleList()  # one ModuleDict per stream layer (empty: rank 0)
+        if adapter_rank:
+            for layer in base.model.layers[-num_stream_layers:]:
+                linears = {**dict(layer.self_attn.named_children()),
+                           **dict(layer.mlp.named_children())}
+                self.adapters.append(nn.ModuleDict({
+                    name: LowRank(linears[name].in_features, linears[name].out_features,
+                                  adapter_rank) for name in ADAPTED}))
+
+    def settings(self) -> dict:
+        return dict(gamma=self.gamma, num_stream_layers=self.num_stream_layers,
+                    adapter_rank=self.adapter_rank)
+
+
+def cached_keys_values(cache, layer_index: int):
+    """The keys and values ``(B, H_kv, S, D)`` that ``cache`` holds for one layer."""
+    layer = cache.layers[layer_index]
+    return layer.keys, layer.values
+
+
+def main_stream(base, input_ids, cache, main_mask=None, position_ids=None):
+    """The base model's own pass over ``input_ids`` ``(1, T)``, with hidden states.
+
+    main_mask: ``(T, S)`` bool (S = cached + T), None for causal (then this is
+    exactly ``forward(base, input_ids, cache)``); position_ids ``(1, T)`` with it.
+    Returns the model's output, the mask and the positions used.
+    """
+    extra = {}
+    if main_mask is None:
+        past_len = cache.get_seq_length()
+        main_mask = causal_mask(input_ids.shape[1], past_len)
+        position_ids = past_len + torch.arange(input_ids.shape[1], device=base.device)[None]
+    else:  # the model takes an additive float mask (1, 1, T, S) as it is
+        blocked = ~main_mask.to(base.device)
+        extra["attention_mask"] = torch.zeros(blocked.shape, device=base.device,
+                                              dtype=base.dtype).masked_fill(
+            blocked, torch.finfo(base.dtype).min)[None, None]
+        extra["position_ids"] = position_ids
+    out = forward(base, input_ids, cache, output_hidden_states=True, **extra)
+    return out, main_mask, position_ids
+
+
+class StreamingModel(nn.Module):
+    """A frozen base model whose top layers also run ``gamma`` speculative streams."""
+
+    def __init__(self, base: PreTrainedModel, streams: Streams):
+        super().__init__()
+        check_base_model(base)
+        self.base = base.requires_grad_(False)
+        self.streams = streams.to(base.device, base.dtype)
+
+    @property
+    def gamma(self) -> int:
+        return self.streams.gamma
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def extra_parameters(self) -> int:
+        """How many parameters the streams add to the base model."""
+        return sum(p.numel() for p in self.streams.parameters())
+
+    def linear(self, layer_number: int, module: nn.Linear, name: str, x):
+        """``module(x)``, plus the stream adapter of that layer if there is one."""
+        out = module(x)
+        if self.streams.adapters:
+            out = out + self.streams.adapters[layer_number][name](x)
+        return out
+
+    def stream_layer(self, layer_number, layer, x, main_kv, mask, position_embeddings):
+        """One decoder layer for the streams ``x`` ``(B, M, d)``; the base layer's weights.
+
+        main_kv: that layer's cached main-stream keys and values ``(B, H_kv, S, D)``.
+        mask: ``(M, S + M)`` bool, from ``stream_attention_mask``.
+        """
+        attn, mlp = layer.self_attn, layer.mlp
+        batch, num_streams, _ = x.shape
+        heads = (batch, num_streams, -1, attn.head_dim)
+
+        def project(name, h):  # (B, M, d) -> (B, heads, M, D)
+            out = self.linear(layer_number, getattr(attn, name), name, h)
+            return out.view(heads).transpose(1, 2)
+
+        # 1. attention: streams query the main keys (cache) and their own keys
+        h = layer.input_layernorm(x)
+        q, k, v = project("q_proj", h), project("k_proj", h), project("v_proj", h)
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        keys = repeat_kv(torch.cat([main_kv[0], k], dim=2), attn.num_key_value_groups)
+        values = repeat_kv(torch.cat([main_kv[1], v], dim=2), attn.num_key_value_groups)
+        scores = q @ keys.transpose(2, 3) * attn.scaling  # (B, H, M, S + M)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ values  # (B, H, M, D)
+        out = out.transpose(1, 2).reshape(batch, num_streams, -1)  # (B, M, H * D)
+        x = x + self.linear(layer_number, attn.o_proj, "o_proj", out)
+        # 2. the layer's MLP
+        h = layer.post_attention_layernorm(x)
+        gate = mlp.act_fn(self.linear(layer_number, mlp.gate_proj, "gate_proj", h))
+        up = self.linear(layer_number, mlp.up_proj, "up_proj", h)
+        return x + self.linear(layer_number, mlp.down_proj, "down_proj", gate * up)
+
+    def forward(self, input_ids, cache, main_mask=None, position_ids=None, streams_at=None):
+        """One pass: main-stream logits ``(B, T, V)``, stream logits ``(B, T', gamma, V)``.
+
+        input_ids: ``(B, T)`` tokens the cache has not read; the cache grows by T.
+        main_mask: ``(T, S)`` bool, what each token sees among the S = cached + T
+            main keys; None is causal (then the main stream is the base model's
+            own call, unchanged). A tree passes its ancestor mask.
+        position_ids: ``(B, T)`` positions (for a tree: cached + depth).
+        streams_at: indices of the T' tokens whose streams to run (default all).
+        """
+        # 1. the main stream: the base model itself
+        out, main_mask, position_ids = main_stream(self.base, input_ids, cache, main_mask,
+                                                   position_ids)
+        num_tokens = input_ids.shape[1]
+        if streams_at is None:
+            streams_at = torch.arange(num_tokens)
+        streams_at = torch.as_tensor(streams_at, device=self.device)
+        # 2. streams start at layer N - N_s: that hidden state plus a stream embedding
+        gamma, num_stream_layers = self.gamma, self.streams.num_stream_layers
+        first = len(self.base.model.layers) - num_stream_layers
+        start = out.hidden_states[first][:, streams_at]  # (B, T', d)
+        x = (start[:, :, None] + self.streams.stream_embeddings).flatten(1, 2)  # (B, T' g, d)
+        # stream j of a token at position t stands in for position t + j
+        offsets = torch.arange(1, gamma + 1, device=self.device)
+        stream_positions = (position_ids[:, streams_at, None] + offsets).flatten(1, 2)
+        position_embeddings = self.base.model.rotary_emb(x, stream_positions)
+        mask = stream_attention_mask(main_mask[streams_at.cpu()], gamma).to(self.device)
+        # 3. the top layers, reusing each layer's weights and the cached main keys
+        for number, layer in enumerate(self.base.model.layers[first:]):
+            main_kv = cached_keys_values(cache, first + number)
+            x = self.stream_layer(number, layer, x, main_kv, mask, position_embeddings)
+        # 4. the model's own final norm and LM head
+        stream_logits = self.base.lm_head(self.base.model.norm(x))  # (B, T' g, V)
+        return out.logits, stream_logits.unflatten(1, (len(streams_at), gamma))
+
+
+# -----------------------------------------------------------------------------
+# saving and loading
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """Write ``<name>.safetensors`` (float16) and ``<name>.json`` (its settings) under
+    ``path``; name is the class name in lower case (``streams``, ``medusaheads``)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    name = type(module).__name__.lower()
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+    save_file(state, path / f"{name}.safetensors")
+    (path / f"{name}.json").write_text(json.dumps(module.settings(), indent=1) + "\n")
+
+
+def load_weights(module: nn.Module, path: Path) -> nn.Module:
+    """Load ``module``'s saved weights from ``path``; a mismatch is a clear error."""
+    from safetensors.torch import load_file
+    file = Path(path) / f"{type(module).__name__.lower()}.safetensors"
+    state = load_file(file)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        raise ValueError(f"the weights in {file} do not match this base model: expected "
+                         f"{expected}, found {found} (were they trained on another model?)")
+    module.load_state_dict({k: v.float() for k, v in state.items()})
+    return module
+
+
+def saved_settings(path: Path, name: str) -> dict:
+    file = Path(path) / f"{name}.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"no trained weights at {file}; train them with "
+                                f"`python -m osd_lab.zoo.train_streams`")
+    return json.loads(file.read_text())
+
+
+def load_zoo_target(device=None) -> PreTrainedModel:
+    device = torch.device(device) if device is not None else get_device()
+    return AutoModelForCausalLM.from_pretrained(ZOO_DIR / "target", dtype=torch.float32) \
+        .to(device).eval()
+
+
+def load_streaming_model(name="zoo", base: PreTrainedModel | None = None,
+                         device=None) -> StreamingModel:
+    """The zoo target with its trained streams (``osd_lab/zoo/models/streams``).
+
+    name: ``"zoo"`` or a folder written by ``save_weights``.
+    base: the target to put the streams on (default: load the zoo target); pass
+        ``load_pair().target`` to share one copy of the weights.
+    """
+    path = STREAMS_DIR if name == "zoo" else Path(name)
+    base = base if base is not None else load_zoo_target(device)
+    streams = Streams(base, **saved_settings(path, "streams"))
+    return StreamingModel(base, load_weights(streams, path)).eval()
+
+
+# -----------------------------------------------------------------------------
+# trees of stream candidates
+
+def ancestor_mask(parents: list[int], past_len: int = 0) -> torch.Tensor:
+    """Bool ``(T, P + T)``: token i sees the P cached tokens, its ancestors and itself.
+
+    parents: for each of the T tokens of a pass, the index of its parent in the
+        pass, -1 for none (a chain is ``[-1, 0, 1, ...]``: the causal mask).
+    """
+    mask = torch.zeros(len(parents), past_len + len(parents), dtype=torch.bool)
+    mask[:, :past_len] = True
+    for i, parent in enumerate(parents):
+        if parent >= 0:
+            mask[i] = mask[parent]
+        mask[i, past_len + i] = True
+    return mask
+
+
+def draft_tree(stream_logits: torch.Tensor, tree_width: int, tree_nodes: int):
+    """A pruned tree of stream candidates: ``(tokens (N,), parents (N,), depths (N,))``.
+
+    stream_logits: ``(gamma, V)``, the streams of one token. Stream j offers its
+    ``tree_width`` most likely tokens at depth j; a path's score is the product
+    of its tokens' stream probabilities. We keep the ``tree_nodes`` best-scored
+    paths (prefixes included: a child never outscores its parent) and drop the
+    unlikely branches before the next pass. Node i (1-based) has parent
+    ``parents[i - 1]``, 0 being the root (the token the streams belong to).
+    """
+    top = torch.softmax(stream_logits.float(), dim=-1).topk(tree_width, dim=-1)
+    nodes = [(1.0, 0, [])]  # (score, depth, path of candidate ranks)
+    frontier = nodes
+    for depth in range(stream_logits.shape[0]):
+        frontier = [(score * top.values[depth, rank].item(), depth + 1, path + [rank])
+                    for score, _, path in frontier for rank in range(tree_width)]
+        nodes = nodes + frontier
+    kept = sorted(nodes[1:], key=lambda node: (-node[0], node[1]))[:tree_nodes]
+    kept.sort(key=lambda node: node[1])  # parents before children
+    index = {tuple(path): i + 1 for i, (_, _, path) in enumerate(kept)}
+    tokens = [top.indices[len(path) - 1, path[-1]].item() for _, _, path in kept]
+    parents = [index.get(tuple(path[:-1]), 0) for _, _, path in kept]
+    depths = [depth for _, depth, _ in kept]
+    return torch.tensor(tokens), torch.tensor(parents), torch.tensor(depths)
+
+
+def follow_target(parents: torch.Tensor, tokens: torch.Tensor, target_choice: torch.Tensor):
+    """The chain of node indices (1-based) down the tree, following the target.
+
+    At each node take the child whose token is the target's choice there
+    (``target_choice`` ``(N + 1,)``, root first) if there is one, else the first
+    child (the best-scored), down to a leaf. Verification then reads it as a chain.
+    """
+    chain, node = [], 0
+    while True:
+        children = (parents == node).nonzero().flatten() + 1
+        if len(children) == 0:
+            return chain
+        agree = children[tokens[children - 1] == target_choice[node]]
+        node = int(agree[0] if len(agree) else children[0])
+        chain.append(node)
+
+
+# -----------------------------------------------------------------------------
+# the decoding loop
+
+@torch.inference_mode()
+def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0,
+                       top_k: int = 0, top_p: float = 1.0, eos_token_id: int | None = None,
+                       generator: torch.Generator | None = None, draft_len: int | None = None,
+                       tree_nodes: int | None = None, tree_width: int = 2) -> GenerationOutput:
+    """Decode with a model that drafts for itself; lossless as ``speculative_generate``.
+
+    model: a ``StreamingModel`` or an ``osd_lab.medusa.MedusaModel``: its call
+        returns main logits ``(1, T, V)`` and draft logits ``(1, T', gamma, V)``.
+    draft_len: use the first ``draft_len`` streams (heads), default all gamma.
+    tree_nodes: None drafts a chain (stream j's sample at depth j). An integer
+        drafts a tree of that many nodes from the top ``tree_width`` tokens of
+        each stream (``draft_tree``); greedy only (temperature 0).
+    Each pass reads [newest token, the tokens drafted last pass]; verification
+    (``verify``) keeps a prefix of the drafts plus one token, and the streams
+    of the last kept token draft the tokens after that one.
+
+    Returns ``GenerationOutput(tokens (N,), stats)``; ``stats`` has
+    ``forward_passes`` (decoding passes; the prompt's prefill is one more),
+    ``tokens_per_pass``, ``accepted`` and ``draft_lens`` (drafted tokens or
+    tree nodes) per pass, ``decided_alpha`` (exact sum_v min(p, q) at the
+    positions verification decided), ``verified_alpha``, ``new_tokens``,
+    ``wall_time_s``, ``tokens_per_s``.
+    """
+    input_ids = check_prompt(model.base, input_ids, max_new_tokens)
+    check_sampling_args(temperature, top_k, top_p)
+    draft_len = model.gamma if draft_len is None else check_int("draft_len", draft_len, 1,
+                                                                 model.gamma)
+    if tree_nodes is not None:
+        check_int("tree_nodes", tree_nodes, 1)
+        check_int("tree_width", tree_width, 1, model.base.config.vocab_size)
+        if temperature != 0:
+            raise ValueError(f"tree_nodes needs temperature=0 (greedy verification of a "
+                             f"tree), got temperature={temperature}; use tree_nodes=None "
+                             f"(a chain) to sample")
+
+    def probs(logits):
+        return logits_to_probs(logits, temperature, top_k, top_p)
+
+    start = clock(model.device)
+    stats = dict(accepted=[], draft_lens=[], decided_alpha=[], forward_passes=0)
+    cache = new_cache(model.base)
+    # Invariant: the cache holds every token but `unread` (accepted tree nodes,
+    # read again next pass) and `pending`, the newest one.
+    if input_ids.shape[1] > 1:
+        forward(model.base, input_ids[:, :-1], cache)
+    unread, pending = input_ids[:, :0], input_ids[:, -1:]  # (1, u), (1, 1)
+    drafted = input_ids[0, :0]  # (N,) nothing drafted before the first pass
+    parents = depths = drafted  # (N,) a tree: parent (0: pending) and depth of each node
+    q = None
+    new_tokens, num_new = [], 0
+    while num_new < max_new_tokens:
+        # 1. the drafts of the previous pass, cut to leave room for one more token
+        room = max_new_tokens - num_new - 1
+        if tree_nodes is None:
+            drafted = drafted[:room]  # (g,), a chain
+        elif len(drafted):
+            keep = depths <= room  # a prefix-closed part of the tree
+            drafted, parents, depths = drafted[keep], parents[keep], depths[keep]
+        num_drafted, num_unread = len(drafted), unread.shape[1]
+        pass_input = torch.cat([unread, pending, drafted[None]], dim=1)  # (1, u + 1 + g)
+        # 2. one pass: the main stream scores it all, the streams draft
+        streams_at = torch.arange(num_unread, pass_input.shape[1])  # pending and drafts
+        if tree_nodes is None:  # a chain: the base model's own causal pass
+            main_logits, draft_logits = model(pass_input, cache, streams_at=streams_at)
+        else:  # a tree: each node sees the cache, unread, pending and its ancestors
+            pass_parents = list(range(-1, num_unread)) + \
+                (parents + num_unread).tolist()  # indices within the pass
+            mask = ancestor_mask(pass_parents, cache.get_seq_length())
+            positions = (mask.sum(1) - 1).to(model.device)[None]  # (1, T): past + depth
+            main_logits, draft_logits = model(pass_input, cache, mask, positions,
+                                              streams_at=streams_at)
+        p = probs(main_logits[:, num_unread:])  # (1, 1 + g, V): pending, then drafts
+        stats["forward_passes"] += 1
+        # 3. verify the drafts along a chain: all of them, or the tree's branch
+        #    that follows the target (greedy: q is one-hot on each drafted token)
+        if tree_nodes is None:
+            chain = torch.arange(1, num_drafted + 1)
+        else:
+            chain = torch.tensor(follow_target(parents, drafted, p[0].argmax(-1)),
+                                 dtype=torch.long)
+            q = torch.nn.functional.one_hot(drafted, p.shape[-1]).float()[None]
+        chain_tokens = drafted[chain - 1][None]  # (1, G)
+        if len(chain):
+            p_chain = p[:, torch.cat([chain.new_zeros(1), chain])]  # (1, G + 1, V)
+            result = verify(p_chain, q[:, chain - 1], chain_tokens, generator)
+            n, next_token = int(result.num_accepted), result.next_token
+            stats["decided_alpha"] += overlap(p_chain[0, :-1], q[0, chain - 1])[:n + 1].tolist()
+        else:
+            n, next_token = 0, sample(p[:, 0], generator)
+        stats["accepted"].append(n)
+        stats["draft_lens"].append(num_drafted)
+        step_tokens = torch.cat([chain_tokens[0, :n], next_token])  # (n + 1,)
+        last_kept = int(chain[n - 1]) if n else 0  # in [pending, drafts] numbering
+        # 4. the cache read unread + pending + the drafts. A chain keeps the n
+        #    accepted drafts; a tree drops all its nodes (the accepted ones sit
+        #    among others) and the n accepted are read again next pass
+        if tree_nodes is None:
+            rollback(cache, num_drafted - n)
+        else:
+            rollback(cache, num_drafted)
+            unread = chain_tokens[:, :n]
+        pending = next_token[:, None]
+        # 5. the streams of the last kept token draft what follows next_token
+        stream_logits = draft_logits[0, last_kept, :draft_len]  # (draft_len, V)
+        if tree_nodes is None:
+            q = probs(stream_logits)[None]  # (1, draft_len, V)
+            drafted = sample(q, generator)[0]  # (draft_len,)
+        else:
+            drafted, parents, depths = (t.to(model.device) for t in
+                                        draft_tree(stream_logits, tree_width, tree_nodes))
+        # 6. stop at EOS (inclusive) or at max_new_tokens
+        if eos_token_id is not None and (step_tokens == eos_token_id).any():
+            first_eos = int((step_tokens == eos_token_id).nonzero()[0])
+            new_tokens.append(step_tokens[:first_eos + 1])
+            break
+        new_tokens.append(step_tokens)
+        num_new += n + 1
+
+    wall = clock(model.device) - start
+    tokens = torch.cat(new_tokens)
+    decided = stats["decided_alpha"]
+    stats.update(new_tokens=len(tokens), wall_time_s=wall, tokens_per_s=len(tokens) / wall,
+                 tokens_per_pass=len(tokens) / stats["forward_passes"],
+                 verified_alpha=sum(decided) / len(decided) if decided else float("nan"))
+    return GenerationOutput(tokens, stats)

@@ -1,0 +1,256 @@
+"""Speculative Streaming and the Medusa baseline: exactness, the mask, bad input."""
+
+import pytest
+import torch
+from conftest import tiny_model
+from test_speculative import exact_target_distribution
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from osd_lab.cache import forward, new_cache
+from osd_lab.decoding import autoregressive_generate
+from osd_lab.medusa import MedusaHeads, MedusaModel, load_medusa_model
+from osd_lab.streaming import (Streams, StreamingModel, ancestor_mask, draft_tree,
+                               load_streaming_model, multi_stream_mask, save_weights,
+                               stream_attention_mask, streaming_generate)
+from osd_lab.zoo.corpus import DOMAINS, load_corpus
+from osd_lab.zoo.train_streams import future_ngram_loss
+
+
+def tiny_streaming(gamma=3, layers=3, stream_layers=2, adapter_rank=2, seed=0):
+    base = tiny_model("llama", layers=layers)
+    torch.manual_seed(seed)
+    streams = Streams(base, gamma, stream_layers, adapter_rank)
+    with torch.no_grad():  # adapters start at zero; make them matter
+        for adapter in streams.adapters.parameters():
+            adapter.normal_(0, 0.3)
+    return StreamingModel(base, streams).eval()
+
+
+def prompts(count, seed=0, vocab=96):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, vocab, (int(torch.randint(1, 9, (1,), generator=gen)),),
+                          generator=gen) for _ in range(count)]
+
+
+# -----------------------------------------------------------------------------
+# the mask
+
+
+def test_multi_stream_mask_matches_hand_written():
+    """Two tokens, two streams: rows/columns main 0, main 1, s(0,1), s(0,2), s(1,1), s(1,2)."""
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0, 0],  # main 0: itself
+        [1, 1, 0, 0, 0, 0],  # main 1: main 0 and itself, never a stream
+        [1, 0, 1, 0, 0, 0],  # stream 1 of token 0: main 0, itself
+        [1, 0, 1, 1, 0, 0],  # stream 2 of token 0: main 0, stream 1 of token 0, itself
+        [1, 1, 0, 0, 1, 0],  # stream 1 of token 1: main 0..1, itself
+        [1, 1, 0, 0, 1, 1],  # stream 2 of token 1: main 0..1, its stream 1, itself
+    ], dtype=torch.bool)
+    assert torch.equal(multi_stream_mask(2, 2), expected)
+
+
+def test_stream_mask_with_a_cache_and_a_tree():
+    # one cached token, then pending (0) with children 1 and 2
+    tree = ancestor_mask([-1, 0, 0], past_len=1)
+    assert tree.int().tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]]
+    streams = stream_attention_mask(tree, gamma=1)  # node 2's stream sees node 2, not 1
+    assert streams.int().tolist() == [[1, 1, 0, 0, 1, 0, 0], [1, 1, 1, 0, 0, 1, 0],
+                                      [1, 1, 0, 1, 0, 0, 1]]
+
+
+def test_draft_tree_keeps_the_best_paths_parents_first():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]]))
+    tokens, parents, depths = draft_tree(logits, tree_width=2, tree_nodes=3)
+    # scores: 0 -> 0.6, 1 -> 0.3, 0.0 -> 0.30, 0.1 -> 0.24: keep 0, 1 (depth 1), 0.0
+    assert tokens.tolist() == [0, 1, 0]
+    assert parents.tolist() == [0, 0, 1]
+    assert depths.tolist() == [1, 1, 2]
+
+
+# -----------------------------------------------------------------------------
+# exactness on tiny models
+
+
+@pytest.mark.exactness
+def test_main_stream_is_the_base_model_bit_for_bit():
+    model = tiny_streaming()
+    ids = prompts(1)[0][None]
+    cache, base_cache = new_cache(model.base), new_cache(model.base)
+    for chunk in (ids, torch.tensor([[5, 6, 7]]), torch.tensor([[9]])):
+        main_logits, _ = model(chunk, cache)
+        assert torch.equal(main_logits, forward(model.base, chunk, base_cache).logits)
+
+
+@pytest.mark.exactness
+def test_streams_with_a_cache_equal_streams_in_one_pass():
+    """The mask and the cached main keys give each stream the same inputs."""
+    model = tiny_streaming()
+    ids = torch.tensor([[3, 14, 15, 9, 26, 5]])
+    with torch.no_grad():
+        _, whole = model(ids, new_cache(model.base))  # (1, 6, gamma, V)
+        cache = new_cache(model.base)
+        _, first = model(ids[:, :4], cache)
+        _, rest = model(ids[:, 4:], cache)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), whole)
+
+
+@pytest.mark.exactness
+@pytest.mark.parametrize("drafter, gamma", [("streams", 1), ("streams", 2), ("streams", 3),
+                                            ("streams", 4), ("medusa", 3)])
+@pytest.mark.parametrize("tree_nodes", [None, 5])
+def test_greedy_equals_the_base_model_tiny(gamma, drafter, tree_nodes):
+    streaming = tiny_streaming(gamma=gamma)
+    model = streaming if drafter == "streams" else \
+        MedusaModel(streaming.base, MedusaHeads(streaming.base, gamma))  # zero heads: t + 1
+    for ids in prompts(3, seed=gamma):
+        expected = autoregressive_generate(model.base, ids, 16).tokens
+        out = streaming_generate(model, ids, 16, tree_nodes=tree_nodes)
+        assert torch.equal(out.tokens, expected)
+        assert out.stats["new_tokens"] == 16
+        assert out.stats["forward_passes"] == len(out.stats["accepted"])
+
+
+@pytest.mark.exactness
+def test_eos_stops_and_is_kept():
+    model = tiny_streaming()
+    ids = prompts(1)[0]
+    full = autoregressive_generate(model.base, ids, 12).tokens
+    eos = int(full[5])
+    expected = full[:int((full == eos).nonzero()[0]) + 1]
+    for tree_nodes in (None, 4):
+        out = streaming_generate(model, ids, 12, eos_token_id=eos, tree_nodes=tree_nodes)
+        assert torch.equal(out.tokens, expected)
+
+
+def chi_square_p_value(exact: dict, counts: dict, runs: int) -> float:
+    """Pearson's test, cells merged until each expects >= 5 draws."""
+    cells = sorted((p * runs, counts[s]) for s, p in exact.items() if p > 0)
+    merged, expected_acc, observed_acc = [], 0.0, 0
+    for expected, observed in cells:
+        expected_acc, observed_acc = expected_acc + expected, observed_acc + observed
+        if expected_acc >= 5:
+            merged.append((expected_acc, observed_acc))
+            expected_acc, observed_acc = 0.0, 0
+    if expected_acc:
+        merged[-1] = (merged[-1][0] + expected_acc, merged[-1][1] + observed_acc)
+    chi2 = sum((o - e) ** 2 / e for e, o in merged)
+    dof = len(merged) - 1
+    return torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(chi2 / 2)).item()
+
+
+@pytest.mark.exactness
+def test_sampled_output_is_distributed_as_the_base_model():
+    """Chi-square at significance 0.001 on the first four tokens (seeded).
+
+    With these settings the test catches a verifier that resamples rejections
+    from p instead of the residual (p-value 0.0001).
+    """
+    vocab, length, runs = 2, 4, 600
+    base = tiny_model("llama", seed=0, vocab_size=vocab)
+    torch.manual_seed(1)
+    streams = Streams(base, gamma=2, num_stream_layers=1, adapter_rank=2)
+    with torch.no_grad():  # drafts far from the model: a wrong residual would show
+        for adapter in streams.adapters.parameters():
+            adapter.normal_(0, 1.0)
+    model = StreamingModel(base, streams).eval()
+    settings = dict(temperature=1.0, top_k=0, top_p=1.0)
+    exact = exact_target_distribution(base, [0, 1], length, settings)
+    gen = torch.Generator().manual_seed(1234)
+    counts = dict.fromkeys(exact, 0)
+    rejections = 0
+    for _ in range(runs):
+        out = streaming_generate(model, [0, 1], length, generator=gen, **settings)
+        counts[tuple(out.tokens.tolist())] += 1
+        rejections += out.stats["accepted"][1] < out.stats["draft_lens"][1]
+    assert rejections > runs * 0.1  # the residual path is exercised
+    assert chi_square_p_value(exact, counts, runs) > 0.001
+
+
+# -----------------------------------------------------------------------------
+# training objective, saving, bad input
+
+
+def test_future_ngram_loss_targets_token_t_plus_j_plus_1():
+    ids = torch.tensor([[0, 1, 2, 3, 4]])
+    positions = torch.tensor([0, 2])
+    logits = torch.full((1, 2, 2, 5), -30.0)  # (B, P, gamma, V)
+    for p, t in enumerate(positions.tolist()):
+        for j in (1, 2):
+            if t + j + 1 < 5:
+                logits[0, p, j - 1, t + j + 1] = 30.0  # the right answer, where it exists
+    assert future_ngram_loss(logits, ids, positions).item() < 1e-6
+
+
+def test_weights_round_trip_and_mismatch(tmp_path):
+    model = tiny_streaming()
+    save_weights(model.streams, tmp_path)
+    loaded = load_streaming_model(tmp_path, base=model.base)
+    for a, b in zip(model.streams.parameters(), loaded.streams.parameters()):
+        torch.testing.assert_close(a.half().float(), b)
+    wider = LlamaForCausalLM(LlamaConfig(hidden_size=48, intermediate_size=64, vocab_size=96,
+                                         num_hidden_layers=3, num_attention_heads=4))
+    save_weights(Streams(wider, 3, 2, 2), tmp_path)  # trained on another model
+    with pytest.raises(ValueError, match="do not match this base model"):
+        load_streaming_model(tmp_path, base=model.base)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(gamma=0), "gamma must be an integer >= 1"),
+    (dict(gamma=2.5), "gamma must be an integer >= 1"),
+    (dict(num_stream_layers=0), r"num_stream_layers must be an integer in \[1, 3\]"),
+    (dict(num_stream_layers=4), r"num_stream_layers must be an integer in \[1, 3\]"),
+    (dict(adapter_rank=-1), "adapter_rank must be an integer >= 0"),
+])
+def test_bad_stream_settings(kwargs, message):
+    settings = dict(gamma=2, num_stream_layers=1) | kwargs
+    with pytest.raises(ValueError, match=message):
+        Streams(tiny_model("llama", layers=3), **settings)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "qwen2"])
+def test_unsupported_architecture(arch):
+    with pytest.raises(ValueError, match=r"support model_type \('llama',\)"):
+        Streams(tiny_model(arch), 2, 1)
+    with pytest.raises(ValueError, match=r"support model_type \('llama',\)"):
+        MedusaHeads(tiny_model(arch), 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(draft_len=0), r"draft_len must be an integer in \[1, 3\]"),
+    (dict(draft_len=4), r"draft_len must be an integer in \[1, 3\]"),
+    (dict(tree_nodes=0), "tree_nodes must be an integer >= 1"),
+    (dict(tree_nodes=4, tree_width=0), "tree_width must be an integer in"),
+    (dict(tree_nodes=4, temperature=1.0), "tree_nodes needs temperature=0"),
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+])
+def test_bad_generate_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        streaming_generate(tiny_streaming(), [2, 3], 4, **kwargs)
+
+
+# -----------------------------------------------------------------------------
+# the zoo with its shipped streams and heads
+
+
+@pytest.mark.exactness
+def test_zoo_greedy_equals_the_target(zoo):
+    streaming = load_streaming_model(base=zoo.target)
+    medusa = load_medusa_model(base=zoo.target)
+    corpus = load_corpus()
+    accepted = 0
+    for domain in DOMAINS:
+        ids = zoo.tokenizer(corpus[domain]["prompts"][0]).input_ids
+        expected = autoregressive_generate(zoo.target, ids, 16).tokens
+        for model, kwargs in [(streaming, dict(draft_len=2)), (streaming, {}),
+                              (streaming, dict(tree_nodes=8)), (medusa, {})]:
+            out = streaming_generate(model, ids, 16, **kwargs)
+            assert torch.equal(out.tokens, expected), (domain, kwargs)
+            accepted += sum(out.stats["accepted"])
+    assert accepted > 0  # the trained drafts do get accepted
+
+
+def test_zoo_streams_are_small(zoo):
+    streaming = load_streaming_model(base=zoo.target)
+    medusa = load_medusa_model(base=zoo.target)
+    assert streaming.gamma == medusa.gamma
+    assert streaming.extra_parameters() < medusa.extra_parameters()
