@@ -21,8 +21,10 @@ import random
 import torch
 from tqdm.auto import tqdm
 
+from osd_lab.checks import check_choice, check_float, check_int, check_tensor, check_token_ids
 from osd_lab.decoding import autoregressive_generate, speculative_generate
 from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
+from osd_lab.models import output_vocab_size
 
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")
 
@@ -62,15 +64,57 @@ def make_batch(sequences, prompt_lens, pad_id=0):
     return ids, mask
 
 
-def check_distill_args(loss, data, keep_fraction, mix_ratio):
-    if loss not in DIVERGENCES:
-        raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
-    if data not in DATA_SOURCES:
-        raise ValueError(f"data must be one of {DATA_SOURCES}, got {data!r}")
-    if keep_fraction is not None and not 0 < keep_fraction <= 1:
-        raise ValueError(f"keep_fraction (AdaSPEC's k) must be in (0, 1], got {keep_fraction}")
-    if not 0 <= mix_ratio <= 1:
-        raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
+def check_prompt_list(name, prompts, vocab_size):
+    """A non-empty list of 1-D tensors of token ids in ``[0, vocab_size)``."""
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"{name} must be a non-empty list of 1-D token-id tensors, "
+                         f"got {prompts!r}")
+    for i, prompt in enumerate(prompts):
+        check_tensor(f"{name}[{i}]", prompt, dims=1)
+        check_token_ids(f"{name}[{i}]", prompt, vocab_size)
+
+
+def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
+                       max_new_tokens, temperature, eval_every, seed):
+    check_choice("loss", loss, DIVERGENCES)
+    check_choice("data", data, DATA_SOURCES)
+    if keep_fraction is not None:
+        check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
+    check_float("mix_ratio", mix_ratio, 0, 1)
+    check_int("steps", steps, low=1)
+    check_float("lr", lr, low=0, low_open=True)
+    check_int("batch_size", batch_size, low=1)
+    check_int("max_new_tokens", max_new_tokens, low=1)
+    check_float("temperature", temperature, low=0, low_open=True)
+    check_int("eval_every", eval_every, low=1)
+    check_int("seed", seed, low=0)
+
+
+def guarded_step(model, optimizer, value, ids) -> bool:
+    """One optimiser step on the loss ``value`` (gradient clipped to norm 1), kept
+    only if it leaves a working model. Returns False, with the weights and the
+    optimiser state as they were, when the loss or the gradient is not finite,
+    or when after the step the weights, or the model's logits on ``ids``
+    ``(B, L)`` (the batch it trained on), are not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(value):
+        return False
+    value.backward()
+    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    optimizer.step()
+    training, _ = model.training, model.eval()  # no dropout in the check
+    with torch.no_grad():
+        ok = (all(bool(torch.isfinite(p).all()) for p in model.parameters())
+              and bool(torch.isfinite(model(ids).logits).all()))
+    model.train(training)
+    if not ok:  # e.g. lr=1e10: finite weights whose logits overflow. Undo the step.
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state)
+        optimizer.zero_grad(set_to_none=True)
+    return ok
 
 
 # -----------------------------------------------------------------------------
@@ -95,7 +139,11 @@ def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0,
     """Exact alpha and tau (tokens per target call) of speculative decoding over
     ``prompts``. alpha is the mean of sum_v min(p, q) over the drafted positions
     that verification decided (the accepted ones and the first rejected one of
-    each step); positions after a rejection sit on a prefix that is thrown away."""
+    each step); positions after a rejection sit on a prefix that is thrown away.
+    max_new_tokens must be >= 2: with 1, nothing is drafted."""
+    check_prompt_list("prompts", prompts, target.get_input_embeddings().num_embeddings)
+    check_int("max_new_tokens", max_new_tokens, low=2)
+    check_int("seed", seed, low=0)
     generator = torch.Generator(device=target.device).manual_seed(seed)
     alphas, new_tokens, target_calls = [], 0, 0
     for prompt in prompts:
@@ -130,11 +178,17 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
 
     The history has ``loss`` per step, ``kept_fraction`` per step, ``eval``
     rows ``(step, alpha, tau)`` and ``skipped`` steps whose loss or gradient
-    was NaN/inf (those steps leave the weights untouched).
+    was NaN/inf, or after which the draft's weights or logits were (those
+    steps leave the weights and the optimiser state untouched: ``guarded_step``).
     """
-    check_distill_args(loss, data, keep_fraction, mix_ratio)
-    if not prompts:
-        raise ValueError("no prompts to distil on")
+    check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
+                       max_new_tokens, temperature, eval_every, seed)
+    readable = min(m.get_input_embeddings().num_embeddings for m in (draft, target))
+    check_prompt_list("prompts", prompts, readable)
+    if eval_prompts is not None:
+        check_prompt_list("eval_prompts", eval_prompts, readable)
+    if vocab_size is not None:
+        check_int("vocab_size", vocab_size, 1, min(output_vocab_size(m) for m in (draft, target)))
     rng = random.Random(seed)
     generator = torch.Generator(device=draft.device).manual_seed(seed)
     vocab = slice(0, vocab_size)
@@ -184,18 +238,10 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
                                  forward_kl(target_logits, reference_logits, temperature),
                                  mask, keep_fraction)
         value = masked_mean(per_token, mask)
-        # 4. a step, unless the loss or its gradient is broken
-        optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(value):
+        # 4. a step, unless the loss, its gradient or the updated draft is broken
+        if not guarded_step(draft, optimizer, value, ids):
             history["skipped"].append(step)
             continue
-        value.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
-        if not torch.isfinite(grad_norm):
-            optimizer.zero_grad(set_to_none=True)
-            history["skipped"].append(step)
-            continue
-        optimizer.step()
         history["loss"].append(value.item())
         history["kept_fraction"].append(mask.sum().item() / max(1, num_continuation))
         if eval_prompts and (step % eval_every == 0 or step == steps):
