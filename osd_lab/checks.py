@@ -1,8 +1,9 @@
 """Checking arguments, in one place: every public function of ``osd_lab`` uses these.
 
 Each check raises ``ValueError`` with a message of one form,
-``"<name> must be <what is allowed>, got <value!r>"``, and returns nothing:
-a value is used as the caller gave it, never silently converted. So
+``"<name> must be <what is allowed>, got <value!r>"``. A value is used as the
+caller gave it, never silently converted (only ``check_token_ids`` and
+``check_seed`` return the value, in the one form the caller needs). So
 ``True`` is not an integer, ``2.0`` is not an integer, NaN and inf are not
 finite numbers, float token ids are not token ids, and ``[0.5, 0.6]`` is not a
 probability distribution. (Always ``ValueError``, also for a wrong type, so
@@ -59,6 +60,13 @@ def check_float(name: str, value, low=None, high=None, low_open=False, high_open
         kind = "a finite number" if finite else "a number"
         allowed = " ".join((kind, describe_range(low, high, low_open, high_open))).strip()
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_seed(seed) -> int:
+    """A seed: an integer in [0, 2**32 - 1] (NumPy's range). Returns it as a
+    Python ``int``: ``random.Random`` and ``torch.Generator`` refuse NumPy's."""
+    check_int("seed", seed, 0, 2**32 - 1)
+    return int(seed)
 
 
 def check_choice(name: str, value, allowed) -> None:

@@ -21,7 +21,8 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-from osd_lab.checks import check_choice, check_float, check_int, check_tensor, check_token_ids
+from osd_lab.checks import (check_choice, check_float, check_int, check_seed, check_tensor,
+                            check_token_ids)
 from osd_lab.decoding import autoregressive_generate, speculative_generate
 from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
@@ -42,7 +43,9 @@ def continue_prompt(model, prompt, max_new_tokens, temperature, generator=None):
 def cut_prompts(tokenizer, texts, seed=0, min_len=8, max_len=64):
     """Prompts ``(T,)`` cut from ``texts`` at random points: ``min_len`` to
     ``max_len`` tokens, leaving at least ``min_len`` of the text after the cut."""
-    rng, prompts = random.Random(seed), []
+    check_int("min_len", min_len, low=1)
+    check_int("max_len", max_len, low=min_len)
+    rng, prompts = random.Random(check_seed(seed)), []
     for text in texts:
         ids = tokenizer(text, return_tensors="pt").input_ids[0]
         prompts.append(ids[:rng.randint(min_len, max(min_len, min(max_len, len(ids) - min_len)))])
@@ -75,7 +78,7 @@ def check_prompt_list(name, prompts, vocab_size):
 
 
 def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
-                       max_new_tokens, temperature, eval_every, seed):
+                       max_new_tokens, temperature, eval_every):
     check_choice("loss", loss, DIVERGENCES)
     check_choice("data", data, DATA_SOURCES)
     if keep_fraction is not None:
@@ -87,7 +90,6 @@ def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_si
     check_int("max_new_tokens", max_new_tokens, low=1)
     check_float("temperature", temperature, low=0, low_open=True)
     check_int("eval_every", eval_every, low=1)
-    check_int("seed", seed, low=0)
 
 
 def guarded_step(model, optimizer, value, ids) -> bool:
@@ -143,7 +145,7 @@ def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0,
     max_new_tokens must be >= 2: with 1, nothing is drafted."""
     check_prompt_list("prompts", prompts, target.get_input_embeddings().num_embeddings)
     check_int("max_new_tokens", max_new_tokens, low=2)
-    check_int("seed", seed, low=0)
+    seed = check_seed(seed)
     generator = torch.Generator(device=target.device).manual_seed(seed)
     alphas, new_tokens, target_calls = [], 0, 0
     for prompt in prompts:
@@ -182,7 +184,8 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
     steps leave the weights and the optimiser state untouched: ``guarded_step``).
     """
     check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
-                       max_new_tokens, temperature, eval_every, seed)
+                       max_new_tokens, temperature, eval_every)
+    seed = check_seed(seed)
     readable = min(m.get_input_embeddings().num_embeddings for m in (draft, target))
     check_prompt_list("prompts", prompts, readable)
     if eval_prompts is not None:

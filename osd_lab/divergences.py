@@ -30,9 +30,10 @@ def _log_probs(target_logits, draft_logits, temperature):
     check_tensor("target_logits", target_logits, min_dims=1, floating=True)
     check_tensor("draft_logits", draft_logits, min_dims=1, floating=True)
     if target_logits.shape != draft_logits.shape:
-        raise ValueError(f"target logits {tuple(target_logits.shape)} and draft logits "
-                         f"{tuple(draft_logits.shape)} differ: the two models must score "
-                         f"the same vocabulary (slice both to the shared vocab_size)")
+        raise ValueError(f"target_logits {tuple(target_logits.shape)} and draft_logits "
+                         f"{tuple(draft_logits.shape)} must have the same shape: the two "
+                         f"models must score the same vocabulary (slice both to the shared "
+                         f"vocab_size)")
     check_float("temperature", temperature, low=0, low_open=True)
     log_probs = []
     for name, logits in (("target_logits", target_logits), ("draft_logits", draft_logits)):

@@ -19,7 +19,7 @@ from collections import deque
 
 import torch
 
-from osd_lab.checks import check_choice, check_float, check_int
+from osd_lab.checks import check_choice, check_float, check_int, check_seed
 from osd_lab.decoding import speculative_generate
 from osd_lab.distill import guarded_step, make_batch, select_tokens
 from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
@@ -38,7 +38,7 @@ def make_stream(kind, prompts_by_domain, num_queries, seed=0):
     """
     check_choice("stream", kind, STREAMS)
     check_int("num_queries", num_queries, low=1)
-    check_int("seed", seed, low=0)
+    seed = check_seed(seed)
     if not isinstance(prompts_by_domain, dict):
         raise ValueError(f"prompts_by_domain must be a dict {{domain: [prompt, ...]}}, "
                          f"got {type(prompts_by_domain).__name__}")
@@ -97,7 +97,7 @@ class LearnedRouter:
         check_float("lr", lr, low=0, low_open=True)
         check_float("min_confidence", min_confidence, 0, 1)
         check_float("max_novelty", max_novelty, 0, 1)
-        check_int("seed", seed, low=0)
+        seed = check_seed(seed)
         self.names, self.fallback, self.min_confidence = names, fallback, min_confidence
         self.vocab_size, self.max_novelty = vocab_size, max_novelty
         # torch.nn.Linear's own initialisation, from the router's own generator
@@ -177,7 +177,7 @@ class OnlineSpeculativeDecoder:
         check_float("lr", lr, low=0, low_open=True)
         check_int("max_new_tokens", max_new_tokens, low=2)  # with 1, nothing is drafted
         check_float("temperature", temperature, low=0)
-        check_int("seed", seed, low=0)
+        seed = check_seed(seed)
         if vocab_size is not None:
             check_int("vocab_size", vocab_size, low=1)  # its upper bound: check_pair
         self.drafts = drafts if isinstance(drafts, dict) else {"draft": drafts}

@@ -9,12 +9,13 @@ import random
 import numpy as np
 import torch
 
-from osd_lab.checks import check_float, check_generator, check_int, check_probs, check_tensor
+from osd_lab.checks import (check_float, check_generator, check_int, check_probs, check_seed,
+                            check_tensor)
 
 
 def set_seed(seed: int) -> None:
     """Seed Python's ``random``, NumPy and torch (every CUDA device too)."""
-    check_int("seed", seed, 0, 2**32 - 1)  # NumPy's range
+    seed = check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds all CUDA devices
