@@ -9,8 +9,7 @@ finite numbers, float token ids are not token ids, and ``[0.5, 0.6]`` is not a
 probability distribution. (Always ``ValueError``, also for a wrong type, so
 that the dashboard and the command line catch one exception class and show
 its message.)
-Not a lesson of its own; ``notebooks/02_speculative_decoding`` shows a few of
-the messages.
+No notebook teaches it: a student meets it only through its messages.
 """
 
 import math

@@ -67,13 +67,17 @@ def make_batch(sequences, prompt_lens, pad_id=0):
     return ids, mask
 
 
-def check_prompt_list(name, prompts, vocab_size):
-    """A non-empty list of 1-D tensors of token ids in ``[0, vocab_size)``."""
+def check_prompt_list(name, prompts, vocab_size, one_row_ok=False):
+    """A non-empty list of tensors ``(T,)`` (or ``(1, T)`` if ``one_row_ok``) of
+    token ids in ``[0, vocab_size)``."""
+    shapes = "(T,) or (1, T)" if one_row_ok else "(T,)"
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError(f"{name} must be a non-empty list of 1-D token-id tensors, "
+        raise ValueError(f"{name} must be a non-empty list of token-id tensors {shapes}, "
                          f"got {prompts!r}")
     for i, prompt in enumerate(prompts):
-        check_tensor(f"{name}[{i}]", prompt, dims=1)
+        check_tensor(f"{name}[{i}]", prompt)
+        if prompt.dim() != 1 and not (one_row_ok and prompt.dim() == 2 and len(prompt) == 1):
+            raise ValueError(f"{name}[{i}] must have shape {shapes}, got {tuple(prompt.shape)}")
         check_token_ids(f"{name}[{i}]", prompt, vocab_size)
 
 
@@ -84,7 +88,7 @@ def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_si
     if keep_fraction is not None:
         check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
     check_float("mix_ratio", mix_ratio, 0, 1)
-    check_int("steps", steps, low=1)
+    check_int("steps", steps, low=0)  # 0: only the evaluation at the start
     check_float("lr", lr, low=0, low_open=True)
     check_int("batch_size", batch_size, low=1)
     check_int("max_new_tokens", max_new_tokens, low=1)
@@ -107,7 +111,8 @@ def guarded_step(model, optimizer, value, ids) -> bool:
         return False
     weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     optimizer.step()
-    training, _ = model.training, model.eval()  # no dropout in the check
+    training = model.training
+    model.eval()  # no dropout in the check
     with torch.no_grad():
         ok = (all(bool(torch.isfinite(p).all()) for p in model.parameters())
               and bool(torch.isfinite(model(ids).logits).all()))
@@ -143,7 +148,8 @@ def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0,
     that verification decided (the accepted ones and the first rejected one of
     each step); positions after a rejection sit on a prefix that is thrown away.
     max_new_tokens must be >= 2: with 1, nothing is drafted."""
-    check_prompt_list("prompts", prompts, target.get_input_embeddings().num_embeddings)
+    check_prompt_list("prompts", prompts, target.get_input_embeddings().num_embeddings,
+                      one_row_ok=True)
     check_int("max_new_tokens", max_new_tokens, low=2)
     seed = check_seed(seed)
     generator = torch.Generator(device=target.device).manual_seed(seed)
@@ -189,7 +195,7 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
     readable = min(m.get_input_embeddings().num_embeddings for m in (draft, target))
     check_prompt_list("prompts", prompts, readable)
     if eval_prompts is not None:
-        check_prompt_list("eval_prompts", eval_prompts, readable)
+        check_prompt_list("eval_prompts", eval_prompts, readable, one_row_ok=True)
     if vocab_size is not None:
         check_int("vocab_size", vocab_size, 1, min(output_vocab_size(m) for m in (draft, target)))
     rng = random.Random(seed)

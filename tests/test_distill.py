@@ -100,7 +100,7 @@ def test_bad_arguments(kwargs, message):
     ([], "prompts must be a non-empty list"),
     ([torch.tensor([2.0, 3.0])], r"prompts\[0\] must be integer token ids"),
     ([torch.tensor([2, 3]), torch.tensor([2, 96])], r"prompts\[1\] must be token ids in \[0, 96\)"),
-    ([torch.tensor([[2, 3]])], r"prompts\[0\] must have 1 dimensions"),
+    ([torch.tensor([[[2, 3]]])], r"prompts\[0\] must have shape \(T,\)"),
 ])
 def test_bad_prompts(bad_prompts, message):
     with pytest.raises(ValueError, match=message):
