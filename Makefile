@@ -1,13 +1,14 @@
 # make run       -- set up .venv and run the main job on the embedded zoo
 # make test      -- set up .venv and run every test (pytest + nbval over the notebooks)
-# make test-min  -- the exactness tests on the lowest transformers pyproject.toml allows
+# make test-min  -- exactness and dashboard tests on the lowest transformers and
+#                   ipywidgets that pyproject.toml allows
 PYTHON ?= python3
 VENV ?= .venv
 MIN_VENV ?= .venv-min
 # A CPU build: an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
-# The lower bound of the transformers range in pyproject.toml, pinned.
-TRANSFORMERS_MIN := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/transformers==\1/p' pyproject.toml)
+# The lower bounds of pyproject.toml's transformers and ipywidgets ranges, pinned.
+LOWEST := $(shell sed -n 's/^ *"\(transformers\|ipywidgets\)>=\([0-9.]*\).*/\1==\2/p' pyproject.toml)
 BIN := $(VENV)/bin
 
 .PHONY: setup run test test-min
@@ -24,7 +25,7 @@ $(MIN_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MIN_VENV)/bin/python -m pip install --quiet "$(TORCH)"
-	$(MIN_VENV)/bin/python -m pip install --quiet -e . "$(TRANSFORMERS_MIN)" "pytest>=8"
+	$(MIN_VENV)/bin/python -m pip install --quiet -e . $(LOWEST) "pytest>=8"
 	touch $@
 
 run: setup
@@ -35,4 +36,4 @@ test: setup
 
 # No nbval there: the notebook options in pyproject.toml are switched off.
 test-min: $(MIN_VENV)/.installed
-	$(MIN_VENV)/bin/python -m pytest tests -m exactness -o addopts="" -p no:cacheprovider $(ARGS)
+	$(MIN_VENV)/bin/python -m pytest tests -m "exactness or widgets" -o addopts="" -p no:cacheprovider $(ARGS)

@@ -1,14 +1,15 @@
 """Checking arguments, in one place: every public function of ``osd_lab`` uses these.
 
-Each check raises ``ValueError`` with a message of one form,
+Each check raises ``ArgumentError`` with a message of one form,
 ``"<name> must be <what is allowed>, got <value!r>"``. A value is used as the
 caller gave it, never silently converted (only ``check_token_ids`` and
 ``check_seed`` return the value, in the one form the caller needs). So
 ``True`` is not an integer, ``2.0`` is not an integer, NaN and inf are not
 finite numbers, float token ids are not token ids, and ``[0.5, 0.6]`` is not a
-probability distribution. (Always ``ValueError``, also for a wrong type, so
-that the dashboard and the command line catch one exception class and show
-its message.)
+probability distribution. ``ArgumentError`` is both a ``ValueError`` and a
+``TypeError`` (as NumPy's ``AxisError`` is both a ``ValueError`` and an
+``IndexError``): ``except ValueError`` catches every bad argument, as the
+dashboard and the command line do, and a wrong type is still a ``TypeError``.
 No notebook teaches it: a student meets it only through its messages.
 """
 
@@ -18,6 +19,10 @@ import numbers
 import torch
 
 PROB_TOLERANCE = 1e-3  # how far from 1 a float32 distribution's sum may be
+
+
+class ArgumentError(ValueError, TypeError):
+    """A bad argument: its message names the argument and what is allowed."""
 
 
 def describe_range(low=None, high=None, low_open=False, high_open=False) -> str:
@@ -45,7 +50,7 @@ def check_int(name: str, value, low=None, high=None) -> None:
     """``value`` is an integer in ``[low, high]`` (``None``: no bound)."""
     if not is_integer(value) or not in_range(value, low, high, False, False):
         allowed = " ".join(("an integer", describe_range(low, high))).strip()
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ArgumentError(f"{name} must be {allowed}, got {value!r}")
 
 
 def check_float(name: str, value, low=None, high=None, low_open=False, high_open=False,
@@ -58,7 +63,7 @@ def check_float(name: str, value, low=None, high=None, low_open=False, high_open
     if not ok:
         kind = "a finite number" if finite else "a number"
         allowed = " ".join((kind, describe_range(low, high, low_open, high_open))).strip()
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ArgumentError(f"{name} must be {allowed}, got {value!r}")
 
 
 def check_seed(seed) -> int:
@@ -71,7 +76,7 @@ def check_seed(seed) -> int:
 def check_choice(name: str, value, allowed) -> None:
     """``value`` is one of ``allowed`` (same type too: 1 is not True)."""
     if not any(type(value) is type(option) and value == option for option in allowed):
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+        raise ArgumentError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
 def check_tensor(name: str, value, dims: int | None = None, min_dims: int = 0,
@@ -79,13 +84,13 @@ def check_tensor(name: str, value, dims: int | None = None, min_dims: int = 0,
     """``value`` is a ``torch.Tensor`` with ``dims`` dimensions (or at least
     ``min_dims``) and, if ``floating``, a floating-point dtype."""
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise ArgumentError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if (dims is not None and value.dim() != dims) or value.dim() < min_dims:
         wanted = dims if dims is not None else f"{min_dims} or more"
-        raise ValueError(f"{name} must have {wanted} dimensions, got shape "
+        raise ArgumentError(f"{name} must have {wanted} dimensions, got shape "
                          f"{tuple(value.shape)}")
     if floating and not value.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {value.dtype}")
+        raise ArgumentError(f"{name} must be a floating-point tensor, got {value.dtype}")
 
 
 def check_token_ids(name: str, ids, vocab_size: int) -> torch.Tensor:
@@ -97,14 +102,14 @@ def check_token_ids(name: str, ids, vocab_size: int) -> torch.Tensor:
         try:
             ids = torch.tensor(ids)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"{name} must be token ids (a tensor or list of ints), "
+            raise ArgumentError(f"{name} must be token ids (a tensor or list of ints), "
                              f"got {ids!r}") from err
     if ids.numel() and (ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex()):
-        raise ValueError(f"{name} must be integer token ids, got dtype {ids.dtype} "
+        raise ArgumentError(f"{name} must be integer token ids, got dtype {ids.dtype} "
                          f"(floats are not truncated: convert them yourself)")
     if ids.numel() and not bool(((ids >= 0) & (ids < vocab_size)).all()):
         bad = ids[(ids < 0) | (ids >= vocab_size)].flatten()[0].item()
-        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got {bad}")
+        raise ArgumentError(f"{name} must be token ids in [0, {vocab_size}), got {bad}")
     return ids.long()
 
 
@@ -114,7 +119,7 @@ def check_probs(name: str, probs, dims: int | None = None, zero_rows: bool = Fal
     ``PROB_TOLERANCE`` (or, with ``zero_rows``, all zeros: "nothing here")."""
     check_tensor(name, probs, dims, min_dims=1, floating=True)
     if probs.shape[-1] == 0:
-        raise ValueError(f"{name} must have at least one token in its last dim, got shape "
+        raise ArgumentError(f"{name} must have at least one token in its last dim, got shape "
                          f"{tuple(probs.shape)}")
     sums = probs.sum(-1)  # (...)
     off = (sums - 1).abs()
@@ -123,7 +128,7 @@ def check_probs(name: str, probs, dims: int | None = None, zero_rows: bool = Fal
     # one device sync for the three conditions
     if bool(~torch.isfinite(probs).all() | (probs < 0).any() | (off > PROB_TOLERANCE).any()):
         rows = "1 (or 0)" if zero_rows else "1"
-        raise ValueError(f"{name} must be probabilities (finite, >= 0, each row summing to "
+        raise ArgumentError(f"{name} must be probabilities (finite, >= 0, each row summing to "
                          f"{rows} within {PROB_TOLERANCE}), got values from "
                          f"{probs.min().item():.3g} to {probs.max().item():.3g} and row sums "
                          f"from {sums.min().item():.3g} to {sums.max().item():.3g}")
@@ -134,15 +139,19 @@ def check_same_shape(names, *tensors) -> None:
     shapes = [tuple(t.shape) for t in tensors]
     if len(set(shapes)) > 1:
         pairs = ", ".join(f"{n} {s}" for n, s in zip(names, shapes))
-        raise ValueError(f"{' and '.join(names)} must have the same shape, got {pairs}")
+        raise ArgumentError(f"{' and '.join(names)} must have the same shape, got {pairs}")
 
 
-def check_generator(generator, device) -> None:
-    """``generator`` is None or a ``torch.Generator`` on ``device``'s type."""
+def check_generator(generator, device: torch.device, what: str = "the model") -> None:
+    """``generator`` is None or a ``torch.Generator`` on ``device``, where ``what``
+    (the model, the tensors) is: a generator draws on its own device only, so a
+    CPU generator cannot sample a CUDA tensor, nor a CUDA generator a CPU one."""
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be None or a torch.Generator, got {generator!r}")
-    if generator.device.type != torch.device(device).type:
-        raise ValueError(f"generator must be on the tensors' device ({device}), got one on "
-                         f"{generator.device}: torch.Generator(device={str(device)!r})")
+        raise ArgumentError(f"generator must be a torch.Generator or None, got "
+                            f"{type(generator).__name__}")
+    here = generator.device
+    if here.type != device.type or (here.index or 0) != (device.index or 0):
+        raise ArgumentError(f"generator is on {here} but {what} is on {device}: create it "
+                            f"there, e.g. torch.Generator(device=\"{device}\").manual_seed(0)")

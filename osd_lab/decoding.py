@@ -85,9 +85,11 @@ def first_eos(tokens: torch.Tensor, eos_ids: torch.Tensor | None) -> int | None:
 
 
 def clock(device: torch.device) -> float:
-    """Wall time in seconds, after waiting for queued GPU work to finish."""
+    """Wall time in seconds, after waiting for work queued on a GPU (CUDA or MPS)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
     return time.perf_counter()
 
 
@@ -216,9 +218,9 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     input_ids = check_prompt(target, input_ids, max_new_tokens)
     check_prompt(draft, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
+    check_generator(generator, target.device)
     vocab_size = check_pair(target, draft, draft_len, draft_len_policy, vocab_size)
     eos_ids = check_eos(eos_token_id, vocab_size, target.device)
-    check_generator(generator, target.device)
     check_choice("record_target_logits", record_target_logits, (True, False))
 
     def probs(logits):  # (..., V_model) -> processed (..., vocab_size)

@@ -91,7 +91,7 @@ def load_zoo(device=None, dtype=torch.float32) -> ModelPair:
     if not (ZOO_DIR / "target").is_dir():
         raise FileNotFoundError(f"the zoo is missing at {ZOO_DIR}; rebuild it with "
                                 f"`python -m osd_lab.zoo.train`")
-    device = torch.device(device) if device is not None else get_device()
+    device = get_device(device)
     tokenizer = AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
     target, draft = (AutoModelForCausalLM.from_pretrained(ZOO_DIR / part, dtype=dtype)
                      .to(device).eval() for part in ("target", "draft"))
@@ -103,7 +103,8 @@ def load_pair(name="zoo", device=None, dtype=None, allow_download=False) -> Mode
 
     name: ``"zoo"`` (the offline default), a key of ``PRESETS``, or a tuple
         ``(draft_id_or_path, target_id_or_path)``.
-    device: defaults to ``get_device()`` (cuda, then mps, then cpu).
+    device: defaults to ``get_device()``: ``OSD_LAB_DEVICE`` if set, else cuda,
+        then mps, then cpu.
     dtype: defaults to float32, except bfloat16 for hub models on a GPU.
     allow_download: hub weights are only read from the local cache unless this
         is True, so nothing is downloaded behind a user's back.
@@ -118,7 +119,7 @@ def load_pair(name="zoo", device=None, dtype=None, allow_download=False) -> Mode
     else:
         draft_id, target_id = name
         name = f"{draft_id} -> {target_id}"
-    device = torch.device(device) if device is not None else get_device()
+    device = get_device(device)
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
     try:
         draft, draft_tok = _load(draft_id, dtype, not allow_download, "draft")

@@ -4,6 +4,7 @@ Everything works on tensors of shape ``(..., V)`` on any device, with no Python
 loop over the vocabulary. Taught in ``notebooks/01_sampling_and_kv_cache``.
 """
 
+import os
 import random
 
 import numpy as np
@@ -21,13 +22,33 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds all CUDA devices
 
 
-def get_device() -> torch.device:
-    """The best available device: cuda, then mps, then cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: ``device`` if given, else the environment variable
+    ``OSD_LAB_DEVICE`` if set, else the best available: cuda, then mps, then cpu.
+
+    A device asked for that this machine lacks is an error, not a silent fallback.
+    """
+    if device is None:
+        device = os.environ.get("OSD_LAB_DEVICE") or None
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps' (argument or "
+                         f"OSD_LAB_DEVICE), got {device!r}") from error
+    available = {"cpu": True, "meta": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None)
+                             and torch.backends.mps.is_available())}
+    if not available.get(device.type, False):
+        raise ValueError(f"device {str(device)!r} was asked for (argument or OSD_LAB_DEVICE) "
+                         f"but is not available here; available: "
+                         f"{[name for name, ok in available.items() if ok and name != 'meta']}")
+    return device
 
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
@@ -83,7 +104,7 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token id per row from ``probs`` ``(..., V)``; returns ``(...)``."""
     check_probs("probs", probs)
-    check_generator(generator, probs.device)
+    check_generator(generator, probs.device, "the tensor probs")
     flat = probs.reshape(-1, probs.shape[-1])
     tokens = torch.multinomial(flat, 1, generator=generator)  # (N, 1)
     return tokens.reshape(probs.shape[:-1])

@@ -1,4 +1,16 @@
-"""Shared test helpers: tiny random-initialised models of several architectures."""
+"""Shared test helpers: tiny random-initialised models, the zoo, and the devices to test on.
+
+A test that takes a ``device`` argument runs once per device: ``cpu`` always,
+``cuda`` (skipped, with the reason, where there is none) and ``mps`` where
+torch was built with it. ``OSD_LAB_TEST_DEVICE=cuda`` (or ``cpu``, ``mps``,
+or a comma-separated list) runs only those, and fails at once if one is
+missing. A test that also takes ``dtype`` runs in float32 everywhere and, on
+CUDA, in bfloat16 and float16 too. Such tests carry the ``device`` mark:
+``pytest -m device`` selects them (``scripts/gpu_check.sh`` does).
+"""
+
+import functools
+import os
 
 import pytest
 import torch
@@ -11,9 +23,72 @@ torch.set_num_threads(1)
 TINY_VOCAB = 96
 ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "qwen2")
 
+# -----------------------------------------------------------------------------
+# devices and dtypes
 
-def tiny_model(arch: str, seed: int = 0, vocab_size: int = TINY_VOCAB, layers: int = 2):
-    """A random-initialised causal LM small enough to run in milliseconds."""
+DEVICES = ("cpu", "cuda", "mps")
+HALF_DTYPES = {"cuda": (torch.bfloat16, torch.float16)}  # besides float32
+
+
+def missing_reason(device: str) -> str | None:
+    """Why ``device`` cannot run here, or None when it can."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device here (torch.cuda.is_available() is False)"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "no MPS device here (torch.backends.mps.is_available() is False)"
+    return None
+
+
+def selected_devices() -> tuple[str, ...]:
+    """The devices to test on: ``OSD_LAB_TEST_DEVICE``, else all that may exist."""
+    chosen = os.environ.get("OSD_LAB_TEST_DEVICE", "").strip()
+    if not chosen:
+        return tuple(d for d in DEVICES if d != "mps" or torch.backends.mps.is_built())
+    names = tuple(name.strip() for name in chosen.split(","))
+    for name in names:
+        if name not in DEVICES:
+            raise pytest.UsageError(f"OSD_LAB_TEST_DEVICE must name devices among {DEVICES}, "
+                                    f"separated by commas; got {chosen!r}")
+        if missing_reason(name):
+            raise pytest.UsageError(f"OSD_LAB_TEST_DEVICE={chosen!r} asks for {name}, but "
+                                    f"{missing_reason(name)}")
+    return names
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs once per test device (see tests/conftest.py)")
+    selected_devices()  # a bad OSD_LAB_TEST_DEVICE stops the run before any test
+
+
+def pytest_generate_tests(metafunc):
+    """Give every test (or fixture) that asks for ``device`` one case per device."""
+    if "device" not in metafunc.fixturenames:
+        return
+    with_dtype = "dtype" in metafunc.fixturenames
+    cases = []
+    for device in selected_devices():
+        marks = [pytest.mark.device]
+        if missing_reason(device):
+            marks.append(pytest.mark.skip(reason=missing_reason(device)))
+        if not with_dtype:
+            cases.append(pytest.param(device, marks=marks, id=device))
+            continue
+        for dtype in (torch.float32, *HALF_DTYPES.get(device, ())):
+            name = str(dtype).removeprefix("torch.")
+            cases.append(pytest.param(device, dtype, marks=marks, id=f"{device}-{name}"))
+    metafunc.parametrize("device, dtype" if with_dtype else "device", cases)
+
+
+# -----------------------------------------------------------------------------
+# models
+
+def tiny_model(arch: str, seed: int = 0, vocab_size: int = TINY_VOCAB, layers: int = 2,
+               device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """A random-initialised causal LM small enough to run in milliseconds.
+
+    The weights are drawn on the CPU in float32, then moved: the same model on
+    every device.
+    """
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1,
                   tie_word_embeddings=False)
@@ -39,22 +114,32 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = TINY_VOCAB, layers: i
     # sharpen the random logits so greedy choices are not near-ties
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)
-    return model.eval()
-
-
-@pytest.fixture(scope="session")
-def zoo():
-    from osd_lab.models import load_pair
-    return load_pair("zoo", device="cpu")
+    return model.to(device, dtype).eval()
 
 
 def noisy_copy(model, noise: float = 0.5, seed: int = 0):
-    """A draft that mostly agrees with ``model``: every weight plus Gaussian noise."""
+    """A draft that mostly agrees with ``model``: every weight plus Gaussian noise.
+
+    The noise is drawn on the CPU, so the copy is the same on every device.
+    """
     import copy
     draft = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for weight in draft.parameters():
             if weight.numel() > 1:
-                weight.add_(noise * weight.std() * torch.randn(weight.shape, generator=gen))
+                gaussian = torch.randn(weight.shape, generator=gen).to(weight.device)
+                weight.add_(noise * weight.std() * gaussian)
     return draft
+
+
+@functools.cache
+def zoo_on(device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """The zoo pair on ``device`` in ``dtype``, loaded once per run."""
+    from osd_lab.models import load_pair
+    return load_pair("zoo", device=device, dtype=dtype)
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    return zoo_on("cpu")

@@ -9,9 +9,9 @@ from osd_lab.cache import cache_keyword, forward, new_cache, rollback
 
 @pytest.mark.exactness
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_rollback_removes_exactly_the_last_tokens(arch):
-    model = tiny_model(arch)
-    ids = torch.randint(2, 96, (1, 12), generator=torch.Generator().manual_seed(0))
+def test_rollback_removes_exactly_the_last_tokens(arch, device):
+    model = tiny_model(arch, device=device)
+    ids = torch.randint(2, 96, (1, 12), generator=torch.Generator().manual_seed(0)).to(device)
     cache = new_cache(model)
     with torch.no_grad():
         forward(model, ids[:, :8], cache)

@@ -69,7 +69,16 @@ def test_check_probs_and_generator():
         with pytest.raises(ValueError, match="p must be"):
             check_probs("p", bad)
     check_probs("q", torch.zeros(2, 3), zero_rows=True)  # "nothing drafted" rows
-    with pytest.raises(ValueError, match="generator must be None or a torch.Generator"):
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
         check_generator(0, torch.device("cpu"))
-    with pytest.raises(ValueError, match="generator must be on the tensors' device"):
-        check_generator(torch.Generator(), torch.device("meta"))
+    with pytest.raises(ValueError, match="generator is on cpu but the tensor p is on meta"):
+        check_generator(torch.Generator(), torch.device("meta"), "the tensor p")
+
+
+def test_a_bad_argument_is_both_a_value_error_and_a_type_error():
+    """``except ValueError`` (the dashboard, the command line) catches every one."""
+    for call in (lambda: check_int("n", "3"), lambda: check_generator(0, torch.device("cpu"))):
+        with pytest.raises(ValueError):
+            call()
+        with pytest.raises(TypeError):
+            call()

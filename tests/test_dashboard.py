@@ -3,9 +3,14 @@ from types import SimpleNamespace
 import pytest
 from transformers import AutoTokenizer
 
+pytest.importorskip("ipywidgets", reason="the dashboard needs ipywidgets (absent on the "
+                    "lent GPU machine, which runs the device tests only)")
+
 from conftest import noisy_copy, tiny_model
 from osd_lab.dashboard import Dashboard, check_settings
 from osd_lab.models import ZOO_DIR
+
+pytestmark = pytest.mark.widgets  # make test-min runs these on the lowest ipywidgets
 
 PROMPTS = {"sql": ["SELECT name FROM", "SELECT id FROM books WHERE"],
            "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}

@@ -28,8 +28,8 @@ def test_select_tokens_keeps_top_fraction_by_delta():
 
 @pytest.mark.parametrize("loss", ["fkl", "rkl", "jsd", "tvd"])
 @pytest.mark.parametrize("data", ["target", "draft", "mixed", "fixed"])
-def test_distill_lowers_the_loss(loss, data):
-    target = tiny_model("llama", seed=0)
+def test_distill_lowers_the_loss(loss, data, device):
+    target = tiny_model("llama", seed=0, device=device)
     draft = noisy_copy(target, 0.5, seed=3)
     history = distill(draft, target, prompts(), loss=loss, data=data, steps=12, lr=3e-3,
                       batch_size=4, max_new_tokens=8, progress=False)
@@ -37,8 +37,8 @@ def test_distill_lowers_the_loss(loss, data):
     assert sum(history["loss"][-3:]) < sum(history["loss"][:3])
 
 
-def test_distill_raises_acceptance_and_reports_it():
-    target = tiny_model("llama", seed=0)
+def test_distill_raises_acceptance_and_reports_it(device):
+    target = tiny_model("llama", seed=0, device=device)
     draft = noisy_copy(target, 0.5, seed=3)
     held_out = prompts(3, seed=9)
     history = distill(draft, target, prompts(8), steps=30, lr=3e-3, batch_size=4,
@@ -50,8 +50,8 @@ def test_distill_raises_acceptance_and_reports_it():
     assert 0 <= stats["alpha"] <= 1 and stats["tau"] >= 1
 
 
-def test_adaspec_trains_on_a_fraction_of_tokens():
-    target = tiny_model("qwen2", seed=0)
+def test_adaspec_trains_on_a_fraction_of_tokens(device):
+    target = tiny_model("qwen2", seed=0, device=device)
     draft = noisy_copy(target, 0.5, seed=3)
     before = [p.clone() for p in draft.parameters()]
     history, reference = adaspec(draft, target, prompts(), keep_fraction=0.4, steps=6,
@@ -61,11 +61,11 @@ def test_adaspec_trains_on_a_fraction_of_tokens():
     assert all(not p.requires_grad for p in reference.parameters())
 
 
-def test_nan_loss_skips_the_step_and_keeps_the_weights():
-    target = tiny_model("llama", seed=0)
+def test_nan_loss_skips_the_step_and_keeps_the_weights(device):
+    target = tiny_model("llama", seed=0, device=device)
     with torch.no_grad():
         target.get_output_embeddings().weight[5, 0] = float("nan")
-    draft = tiny_model("llama", seed=1)
+    draft = tiny_model("llama", seed=1, device=device)
     before = [p.clone() for p in draft.parameters()]
     history = distill(draft, target, prompts(), data="fixed", steps=3, batch_size=2,
                       progress=False)

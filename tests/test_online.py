@@ -19,8 +19,8 @@ def tokenizer():
 
 
 @pytest.fixture()
-def pair(tokenizer):
-    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
+def pair(tokenizer, device):
+    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer), device=device)
     return target, noisy_copy(target, 0.5, seed=1)
 
 

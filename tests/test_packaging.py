@@ -30,3 +30,16 @@ def test_notebooks_store_no_widget_state():
     import json
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert "widgets" not in json.loads(path.read_text())["metadata"], path.name
+
+
+def test_colab_headers_come_from_pyproject_and_pin_a_release():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("notebook_headers",
+                                                  ROOT / "scripts/notebook_headers.py")
+    headers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headers)
+    repository, tag = headers.project()
+    assert repository.startswith("https://github.com/") and tag.startswith("v")
+    assert f"git+{repository}@{tag}" in headers.install_cell()  # a release, not main
+    for path in headers.notebooks():
+        assert headers.header_problems(path) == [], path.name

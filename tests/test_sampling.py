@@ -51,17 +51,29 @@ def test_filters_match_transformers_warpers():
     assert torch.allclose(ours, torch.softmax(warped, -1), atol=1e-6)
 
 
-def test_sample_shapes_and_seeded():
-    probs = torch.softmax(torch.randn(2, 3, 11), -1)
-    a = sample(probs, torch.Generator().manual_seed(1))
-    b = sample(probs, torch.Generator().manual_seed(1))
-    assert a.shape == (2, 3) and torch.equal(a, b)
+def test_sample_shapes_and_seeded(device):
+    probs = torch.softmax(torch.randn(2, 3, 11), -1).to(device)
+    a = sample(probs, torch.Generator(device=device).manual_seed(1))
+    b = sample(probs, torch.Generator(device=device).manual_seed(1))
+    assert a.shape == (2, 3) and torch.equal(a, b) and a.device == probs.device
 
 
-def test_sample_frequencies_follow_probs():
-    probs = torch.tensor([0.1, 0.2, 0.7]).expand(20000, 3)
-    counts = torch.bincount(sample(probs, torch.Generator().manual_seed(0)), minlength=3)
+def test_sample_frequencies_follow_probs(device):
+    probs = torch.tensor([0.1, 0.2, 0.7], device=device).expand(20000, 3)
+    counts = torch.bincount(sample(probs, torch.Generator(device=device).manual_seed(0)),
+                            minlength=3)
     assert torch.allclose(counts / 20000, probs[0], atol=0.015)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_logits_give_float32_probabilities(device, half):
+    """Models may run in half precision; probabilities (hence alpha and
+    verification) are computed in float32 from the same logits."""
+    logits = (torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 4).to(device, half)
+    for settings in (dict(), dict(temperature=0.7, top_k=10, top_p=0.9), dict(temperature=0)):
+        probs = logits_to_probs(logits, **settings)
+        assert probs.dtype == torch.float32 and probs.device == logits.device
+        assert torch.equal(probs, logits_to_probs(logits.float(), **settings))
 
 
 def test_set_seed_reproducible():
@@ -71,8 +83,21 @@ def test_set_seed_reproducible():
     assert torch.equal(a, torch.rand(3))
 
 
-def test_get_device():
+def test_get_device(monkeypatch):
+    monkeypatch.delenv("OSD_LAB_DEVICE", raising=False)
     assert get_device().type in {"cuda", "mps", "cpu"}
+    assert get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("OSD_LAB_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+    assert get_device("meta") == torch.device("meta")  # the argument wins over the variable
+    with pytest.raises(ValueError, match="device must be"):
+        get_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda' was asked for .* not available"):
+            get_device("cuda")
+        monkeypatch.setenv("OSD_LAB_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="OSD_LAB_DEVICE"):
+            get_device()
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -33,9 +33,9 @@ def test_overlap_and_residual_refuse_bad_distributions():
         residual_distribution(-p, q)
 
 
-def test_hand_computed_acceptance_and_residual():
-    p = torch.tensor([0.5, 0.3, 0.2])
-    q = torch.tensor([0.2, 0.6, 0.2])
+def test_hand_computed_acceptance_and_residual(device):
+    p = torch.tensor([0.5, 0.3, 0.2], device=device)
+    q = torch.tensor([0.2, 0.6, 0.2], device=device)
     # alpha = sum min = 0.2 + 0.3 + 0.2
     assert overlap(p, q).item() == pytest.approx(0.7)
     # max(0, p - q) = [0.3, 0, 0] -> all residual mass on token 0
@@ -45,8 +45,8 @@ def test_hand_computed_acceptance_and_residual():
     p_b = p.expand(batch, 2, 3)
     q_b = q.expand(batch, 1, 3)
     for token, accept in ((1, 0.5), (0, 1.0), (2, 1.0)):
-        result = verify(p_b, q_b, torch.full((batch, 1), token),
-                        torch.Generator().manual_seed(token))
+        result = verify(p_b, q_b, torch.full((batch, 1), token, device=device),
+                        torch.Generator(device=device).manual_seed(token))
         assert result.accept_prob[0, 0].item() == pytest.approx(accept)
         rate = result.num_accepted.float().mean().item()
         assert rate == pytest.approx(accept, abs=0.005)
@@ -56,23 +56,24 @@ def test_hand_computed_acceptance_and_residual():
 
 
 @pytest.mark.exactness
-def test_greedy_is_the_temperature_zero_case():
-    p = torch.nn.functional.one_hot(torch.tensor([[2, 0, 1]]), 4).float()  # target argmaxes
-    q = torch.nn.functional.one_hot(torch.tensor([[2, 3]]), 4).float()
-    result = verify(p, q, torch.tensor([[2, 3]]))
+def test_greedy_is_the_temperature_zero_case(device):
+    one_hot = torch.nn.functional.one_hot
+    p = one_hot(torch.tensor([[2, 0, 1]], device=device), 4).float()  # target argmaxes
+    q = one_hot(torch.tensor([[2, 3]], device=device), 4).float()
+    result = verify(p, q, torch.tensor([[2, 3]], device=device))
     assert result.num_accepted.tolist() == [1]  # 2 matches, 3 != 0
     assert result.next_token.tolist() == [0]  # the target's argmax replaces it
-    all_ok = verify(p, q[:, :1].clone(), torch.tensor([[2]]))
+    all_ok = verify(p, q[:, :1].clone(), torch.tensor([[2]], device=device))
     assert all_ok.num_accepted.tolist() == [1] and all_ok.next_token.tolist() == [0]
 
 
 @pytest.mark.exactness
-def test_first_token_is_distributed_as_target():
+def test_first_token_is_distributed_as_target(device):
     """One batched verification step: the emitted token ~ p_1 exactly, whatever q is."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     batch, gamma, vocab = 400_000, 3, 5
-    p = torch.softmax(torch.randn(1, gamma + 1, vocab, generator=gen) * 2, -1)
-    q = torch.softmax(torch.randn(1, gamma, vocab, generator=gen) * 2, -1)
+    p = torch.softmax(torch.randn(1, gamma + 1, vocab, generator=gen, device=device) * 2, -1)
+    q = torch.softmax(torch.randn(1, gamma, vocab, generator=gen, device=device) * 2, -1)
     drafted = torch.multinomial(q[0], batch, replacement=True, generator=gen).T  # (B, G)
     result = verify(p.expand(batch, -1, -1), q.expand(batch, -1, -1), drafted, gen)
     first = torch.where(result.num_accepted > 0, drafted[:, 0], result.next_token)
@@ -83,8 +84,8 @@ def test_first_token_is_distributed_as_target():
         overlap(p[0, 0], q[0, 0]).item(), abs=0.003)
 
 
-def test_all_accepted_gives_bonus_from_last_position():
-    p = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
-    q = torch.tensor([[[0.0, 1.0, 0.0]]])
-    result = verify(p, q, torch.tensor([[1]]))
+def test_all_accepted_gives_bonus_from_last_position(device):
+    p = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]], device=device)
+    q = torch.tensor([[[0.0, 1.0, 0.0]]], device=device)
+    result = verify(p, q, torch.tensor([[1]], device=device))
     assert result.num_accepted.tolist() == [1] and result.next_token.tolist() == [2]
