@@ -69,6 +69,7 @@ class OracleRouter:
 
     def __init__(self, names, fallback):
         self.names, self.fallback = list(names), fallback
+        check_choice("fallback", fallback, self.names)
 
     def route(self, prompt_ids, domain=None):
         if domain in self.names:

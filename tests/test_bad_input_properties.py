@@ -273,7 +273,8 @@ prompts_any = st.one_of(
     st.lists(st.integers(-2, TINY_VOCAB + 2), max_size=5),
     st.lists(st.sampled_from([1.0, 2.5, 3.0]), min_size=1, max_size=3),
     st.sampled_from(["tensor", "float tensor", "2 rows", "(1, T)", "text", None]))
-eos_any = st.one_of(st.none(), st.integers(-1, TINY_VOCAB), st.lists(st.integers(0, 99), max_size=2),
+eos_any = st.one_of(st.none(), st.integers(-1, TINY_VOCAB),
+                    st.lists(st.integers(0, 99), max_size=2),
                     st.sampled_from([2.0, True, "1"]))
 
 
@@ -392,7 +393,8 @@ def test_online_decoder_settings(models, update_interval, buffer_size, draft_len
                       max_new_tokens=max_new_tokens, temperature=temperature,
                       keep_fraction=keep_fraction, loss=loss, seed=seed),
                   {"update_interval": is_int(update_interval, low=1),
-                   "buffer_size": is_int(buffer_size, low=1), "draft_len": is_int(draft_len, low=1),
+                   "buffer_size": is_int(buffer_size, low=1),
+                   "draft_len": is_int(draft_len, low=1),
                    "lr": is_real(lr, low=0, low_open=True),
                    "max_new_tokens": is_int(max_new_tokens, low=2),
                    "temperature": is_real(temperature, low=0),

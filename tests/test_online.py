@@ -174,6 +174,8 @@ def test_learned_router_leaves_the_global_rng_alone():
     assert torch.allclose(router.classifier.weight, torch.nn.Linear(10, 2).weight)
     with pytest.raises(ValueError, match="fallback must be one of"):
         LearnedRouter(("sql", "math"), fallback="code", vocab_size=10)
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        OracleRouter(("sql", "math"), fallback="code")
 
 
 def test_several_drafts_with_routers(pair, tokenizer):
