@@ -136,6 +136,13 @@ def check_probs(name: str, probs, dims: int | None = None, zero_rows: bool = Fal
                             f"from {sums.min().item():.3g} to {sums.max().item():.3g}")
 
 
+def finite_spread(logits: torch.Tensor) -> bool:
+    """Whether every row of ``logits`` ``(..., V)`` has a finite max - min: no NaN,
+    no inf, and no overflow in the ``logits - max`` that softmax computes. Two
+    row reductions and one device sync (cheaper than ``isfinite`` on every value)."""
+    return bool((logits.amax(-1) - logits.amin(-1)).isfinite().all())
+
+
 def check_same_shape(names, *tensors) -> None:
     """All ``tensors`` have one shape; ``names`` names them, e.g. ``("p", "q")``."""
     shapes = [tuple(t.shape) for t in tensors]

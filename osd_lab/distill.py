@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from osd_lab.checks import (check_choice, check_float, check_int, check_seed, check_tensor,
-                            check_token_ids)
+                            check_token_ids, finite_spread)
 from osd_lab.decoding import autoregressive_generate, speculative_generate
 from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
@@ -100,8 +100,9 @@ def guarded_step(model, optimizer, value, ids) -> bool:
     """One optimiser step on the loss ``value`` (gradient clipped to norm 1), kept
     only if it leaves a working model. Returns False, with the weights and the
     optimiser state as they were, when the loss or the gradient is not finite,
-    or when after the step the weights, or the model's logits on ``ids``
-    ``(B, L)`` (the batch it trained on), are not finite."""
+    or when after the step the weights are not finite, or the model's logits
+    on ``ids`` ``(B, L)`` (the batch it trained on) are not finite and sane
+    (``finite_spread``: softmax can use them)."""
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(value):
         return False
@@ -114,8 +115,9 @@ def guarded_step(model, optimizer, value, ids) -> bool:
     training = model.training
     model.eval()  # no dropout in the check
     with torch.no_grad():
-        ok = (all(bool(torch.isfinite(p).all()) for p in model.parameters())
-              and bool(torch.isfinite(model(ids).logits).all()))
+        # a NaN or inf weight makes its tensor's sum NaN or inf: one sync for all
+        sums = torch.stack([p.sum(dtype=torch.float32) for p in model.parameters()])
+        ok = bool(sums.isfinite().all()) and finite_spread(model(ids).logits)
     model.train(training)
     if not ok:  # e.g. lr=1e10: finite weights whose logits overflow. Undo the step.
         model.load_state_dict(weights)

@@ -21,7 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from osd_lab.checks import check_choice, check_float, check_same_shape, check_tensor
+from osd_lab.checks import (check_choice, check_float, check_same_shape, check_tensor,
+                            finite_spread)
 
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 
@@ -38,8 +39,7 @@ def _log_probs(target_logits, draft_logits, temperature):
     log_probs = []
     for name, logits in (("target_logits", target_logits), ("draft_logits", draft_logits)):
         scaled = logits.float() / temperature  # (..., V)
-        spread = scaled - scaled.amax(-1, keepdim=True)  # what log_softmax computes with
-        if torch.isfinite(logits).all() and not torch.isfinite(spread).all():
+        if not finite_spread(scaled) and finite_spread(logits):
             raise ValueError(f"temperature={temperature} is too small for these {name}: "
                              f"{name} / temperature overflow float32")
         log_probs.append(F.log_softmax(scaled, -1))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from osd_lab.checks import (check_choice, check_float, check_generator, check_int, check_probs,
-                            check_seed, check_token_ids)
+                            check_seed, check_token_ids, finite_spread)
 
 
 @pytest.mark.parametrize("value, message", [
@@ -82,3 +82,10 @@ def test_a_bad_argument_is_both_a_value_error_and_a_type_error():
             call()
         with pytest.raises(TypeError):
             call()
+
+
+def test_finite_spread():
+    assert finite_spread(torch.tensor([[1.0, -3.0], [1e30, -1e30]]))
+    assert not finite_spread(torch.tensor([[1.0, float("nan")]]))
+    assert not finite_spread(torch.tensor([[1.0, float("-inf")]]))
+    assert not finite_spread(torch.tensor([[3e38, -3e38]]))  # softmax's logits - max overflows
