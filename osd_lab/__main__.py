@@ -47,6 +47,8 @@ def build_parser():
     parser.add_argument("--keep-fraction", type=float, default=None,
                         help="AdaSPEC's k: distil only this fraction of tokens (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="serve the stream this many queries at a time (BASS)")
     parser.add_argument("--eval-prompts", type=int, default=8, help="held-out per domain")
     parser.add_argument("--out", type=Path, default=Path("outputs"))
     parser.add_argument("--seed", type=int, default=0)
@@ -58,7 +60,7 @@ def check_flags(args):
     check_int("--queries", args.queries, 1, MAX_QUERIES)
     for flag, value in (("--draft-len", args.draft_len), ("--update-interval",
                         args.update_interval), ("--buffer-size", args.buffer_size),
-                        ("--eval-prompts", args.eval_prompts)):
+                        ("--eval-prompts", args.eval_prompts), ("--batch-size", args.batch_size)):
         check_int(flag, value, low=1)
     check_float("--lr", args.lr, low=0, low_open=True)
     if args.keep_fraction is not None:
@@ -149,14 +151,23 @@ def main(argv=None):
     before = alphas()
     ar_rate, spec_before = speed(pair, pair.draft, speed_prompts, args)
 
-    for domain, prompt in tqdm(stream, desc=f"serving a {args.stream} stream"):
-        decoder.serve(prompt, domain)
+    size, serve_start = args.batch_size, time.perf_counter()
+    with tqdm(total=len(stream), desc=f"serving a {args.stream} stream") as progress:
+        for first in range(0, len(stream), size):
+            batch = stream[first:first + size]
+            if size == 1:
+                decoder.serve(batch[0][1], batch[0][0])
+            else:  # batched speculative decoding, split by draft (osd_lab.batched)
+                decoder.serve_batch([p for _, p in batch], [d for d, _ in batch])
+            progress.update(len(batch))
+    serve_wall = time.perf_counter() - serve_start  # updates included: they are serving time
 
     after = alphas()
     ar_rate_2, spec_after = speed(pair, pair.draft, speed_prompts, args)
     h = decoder.history
     print(f"\nonline run: {args.queries} queries ({args.stream} stream over "
-          f"{', '.join(STREAM_ORDER)}), draft_len {args.draft_len}, update every "
+          f"{', '.join(STREAM_ORDER)}), served in batches of {args.batch_size}, "
+          f"draft_len {args.draft_len}, update every "
           f"{args.update_interval} queries, loss {args.loss}"
           f"{f' (AdaSPEC, k={args.keep_fraction})' if args.keep_fraction else ''}, "
           f"{len(h['updates'])} updates, "
@@ -176,6 +187,8 @@ def main(argv=None):
     avg = moving_average(h["alpha"], 20)
     print(f"\nmoving average of served alpha (20 queries): first {avg[min(19, len(avg) - 1)]:.3f}, "
           f"last {avg[-1]:.3f}; per-query latency {sum(h['latency_s']) / len(h['latency_s']) * 1e3:.0f} ms")
+    print(f"serving throughput (batches of {args.batch_size}, updates included): "
+          f"{sum(h['new_tokens']) / serve_wall:.0f} tokens/s")
     print(f"speed (greedy, {len(speed_prompts)} held-out prompts): autoregressive "
           f"{(ar_rate + ar_rate_2) / 2:.0f} tokens/s; speculative {spec_before:.0f} tokens/s "
           f"before ({spec_before / ar_rate:.2f}x), {spec_after:.0f} after "

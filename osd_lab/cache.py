@@ -47,3 +47,8 @@ def rollback(cache: DynamicCache, num_tokens: int) -> None:
         raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
     if num_tokens > 0:  # never crop(0): it empties the cache before 5.14
         cache.crop(-num_tokens)
+
+
+def keep_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Keep only the batch rows ``rows`` (indices ``(B',)``) in every layer of ``cache``."""
+    cache.batch_select_indices(rows)

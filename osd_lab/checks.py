@@ -151,10 +151,10 @@ def check_same_shape(names, *tensors) -> None:
         raise ArgumentError(f"{' and '.join(names)} must have the same shape, got {pairs}")
 
 
-def check_generator(generator, device: torch.device, what: str = "the model") -> None:
+def check_generator(generator, device: torch.device, what: str = "the model is") -> None:
     """``generator`` is None or a ``torch.Generator`` on ``device``, where ``what``
-    (the model, the tensors) is: a generator draws on its own device only, so a
-    CPU generator cannot sample a CUDA tensor, nor a CUDA generator a CPU one."""
+    ("the model is", "the models are") is: a generator draws on its own device
+    only, so a CPU generator cannot sample a CUDA tensor, nor a CUDA one a CPU one."""
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
@@ -162,5 +162,5 @@ def check_generator(generator, device: torch.device, what: str = "the model") ->
                             f"{type(generator).__name__}")
     here = generator.device
     if here.type != device.type or (here.index or 0) != (device.index or 0):
-        raise ArgumentError(f"generator is on {here} but {what} is on {device}: create it "
+        raise ArgumentError(f"generator is on {here} but {what} on {device}: create it "
                             f"there, e.g. torch.Generator(device=\"{device}\").manual_seed(0)")

@@ -10,6 +10,8 @@ the corrected positions alone was measured to make the draft worse: it
 forgets what it matched).
 The draft thus follows the queries users actually send. With several drafts
 (one per query class) a router picks which draft serves each query.
+``serve_batch`` answers several queries at once with batched speculative
+decoding (``osd_lab.batched``, notebook 08).
 Taught in ``notebooks/06_online_speculative_decoding``.
 """
 
@@ -19,6 +21,7 @@ from collections import deque
 
 import torch
 
+from osd_lab.batched import batched_speculative_generate
 from osd_lab.checks import check_choice, check_float, check_int, check_seed
 from osd_lab.decoding import speculative_generate
 from osd_lab.distill import guarded_step, make_batch, select_tokens
@@ -218,25 +221,74 @@ class OnlineSpeculativeDecoder:
                                    eos_token_id=self.tokenizer.eos_token_id,
                                    generator=self.generator, vocab_size=self.vocab_size,
                                    record_target_logits=True)
-        # keep the query, with the target's logits, if the target corrected the draft
-        if out.stats["corrections"]:
-            sequence = torch.cat([ids[0], out.tokens]).cpu()
-            self.buffers[name].append((sequence, ids.shape[1],
-                                       out.stats["target_logits"].cpu()))
+        self._record(ids, domain, name, note, out.tokens, out.stats, out.stats["wall_time_s"])
+        if len(self.history["domain"]) % self.update_interval == 0:
+            for draft_name in self.drafts:
+                self.update(draft_name)
+        return self.tokenizer.decode(out.tokens, skip_special_tokens=True)
+
+    def serve_batch(self, prompts, domains=None):
+        """Answer a batch of queries (texts) with batched speculative decoding
+        (``osd_lab.batched``); returns their generated texts, in order.
+
+        Each query is routed first; the batch is then split by draft, and each
+        draft's queries are decoded together (a batch shares one draft: rows
+        served by different drafts cannot share the draft's forward passes).
+        Corrections go to the buffer of the draft that served the row; the
+        updates due within the batch (one per ``update_interval`` queries, as
+        with ``serve``) run after it. Each query's ``latency_s`` is its
+        group's wall time: a row's answer is ready when its group finishes.
+        """
+        domains = [None] * len(prompts) if domains is None else list(domains)
+        if len(prompts) == 0 or len(domains) != len(prompts):
+            raise ValueError(f"serve_batch needs at least one prompt and one domain per "
+                             f"prompt, got {len(prompts)} prompts and {len(domains)} domains")
+        ids = [self.tokenizer(p, return_tensors="pt").input_ids[0].to(self.target.device)
+               for p in prompts]
+        for i, row in enumerate(ids):
+            if len(row) == 0:
+                raise ValueError(f"prompts[{i}] is empty")
+        routes = [self.router.route(row[None], d) if self.router else ("draft", None)
+                  for row, d in zip(ids, domains)]
+        served_before = len(self.history["domain"])
+        results = [None] * len(prompts)  # (tokens, stats, latency) per query
+        for name in dict.fromkeys(name for name, _ in routes):  # one batch per draft
+            group = [i for i, (n, _) in enumerate(routes) if n == name]
+            out = batched_speculative_generate(
+                self.target, self.drafts[name], [ids[i] for i in group], self.max_new_tokens,
+                draft_len=self.draft_len, temperature=self.temperature,
+                eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
+                vocab_size=self.vocab_size, record_target_logits=True)
+            for i, tokens, stats in zip(group, out.tokens, out.stats["sequences"]):
+                results[i] = tokens, stats, out.stats["wall_time_s"]
+        for i, (tokens, stats, latency) in enumerate(results):  # history in query order
+            name, note = routes[i]
+            self._record(ids[i][None], domains[i], name, note, tokens, stats, latency)
+        due = (len(self.history["domain"]) // self.update_interval
+               - served_before // self.update_interval)
+        for _ in range(due):
+            for draft_name in self.drafts:
+                self.update(draft_name)
+        return [self.tokenizer.decode(tokens, skip_special_tokens=True)
+                for tokens, _, _ in results]
+
+    def _record(self, ids, domain, name, note, tokens, stats, latency):
+        """After a query (``ids`` ``(1, T)``) was served by draft ``name``:
+        buffer it if the target corrected the draft, let the router learn its
+        domain, and append it to ``history``."""
+        if stats["corrections"]:  # keep the query, with the target's logits
+            sequence = torch.cat([ids[0], tokens]).cpu()
+            self.buffers[name].append((sequence, ids.shape[1], stats["target_logits"].cpu()))
         if self.router:
             self.router.observe(ids, domain)
         h = self.history
         h["domain"].append(domain)
         h["draft"].append(name)
-        h["alpha"].append(out.stats["verified_alpha"])
-        h["tau"].append(out.stats["tau"])
-        h["new_tokens"].append(out.stats["new_tokens"])
-        h["latency_s"].append(out.stats["wall_time_s"])
+        h["alpha"].append(stats["verified_alpha"])
+        h["tau"].append(stats["tau"])
+        h["new_tokens"].append(stats["new_tokens"])
+        h["latency_s"].append(latency)
         h["notes"].append(note)
-        if len(h["domain"]) % self.update_interval == 0:
-            for draft_name in self.drafts:
-                self.update(draft_name)
-        return self.tokenizer.decode(out.tokens, skip_special_tokens=True)
 
     def update(self, name="draft"):
         """One distillation step of draft ``name`` (and of its AdaSPEC reference)

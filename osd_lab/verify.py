@@ -74,7 +74,7 @@ def verify(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor,
         raise ValueError(f"p, q and draft_tokens must have shapes (B, G + 1, V), (B, G, V) "
                          f"and (B, G), got {tuple(p.shape)}, {tuple(q.shape)} and "
                          f"{tuple(draft_tokens.shape)}")
-    check_generator(generator, p.device, "the tensor p")
+    check_generator(generator, p.device, "the tensor p is")
     # 1. acceptance probability of each drafted token: min(1, p(x) / q(x))
     p_x = p[:, :gamma].gather(-1, draft_tokens[..., None]).squeeze(-1)  # (B, G)
     q_x = q.gather(-1, draft_tokens[..., None]).squeeze(-1)  # (B, G)

@@ -10,12 +10,16 @@ CUDA, in bfloat16 and float16 too. Such tests carry the ``device`` mark:
 """
 
 import functools
+import math
 import os
+from itertools import product
 
 import pytest
 import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
                           LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+from osd_lab.sampling import logits_to_probs
 
 # Tiny models gain nothing from threads, and extra threads fight the notebook kernels.
 torch.set_num_threads(1)
@@ -143,3 +147,16 @@ def zoo_on(device: str = "cpu", dtype: torch.dtype = torch.float32):
 @pytest.fixture(scope="session")
 def zoo():
     return zoo_on("cpu")
+
+
+def exact_target_distribution(target, prompt, length, settings):
+    """P(x_1..x_length) under the processed target distribution, over all sequences."""
+    vocab = target.config.vocab_size
+    probs = {}
+    for seq in product(range(vocab), repeat=length):
+        ids = torch.tensor([prompt + list(seq)], device=target.device)
+        with torch.no_grad():
+            logits = target(ids).logits[0, len(prompt) - 1:-1]
+        step = logits_to_probs(logits, **settings)
+        probs[seq] = math.prod(step[i, t].item() for i, t in enumerate(seq))
+    return probs

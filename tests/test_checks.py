@@ -72,7 +72,7 @@ def test_check_probs_and_generator():
     with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
         check_generator(0, torch.device("cpu"))
     with pytest.raises(ValueError, match="generator is on cpu but the tensor p is on meta"):
-        check_generator(torch.Generator(), torch.device("meta"), "the tensor p")
+        check_generator(torch.Generator(), torch.device("meta"), "the tensor p is")
 
 
 def test_a_bad_argument_is_both_a_value_error_and_a_type_error():

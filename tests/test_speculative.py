@@ -1,9 +1,7 @@
-import math
-
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, noisy_copy, tiny_model, zoo_on
+from conftest import exact_target_distribution, ARCHITECTURES, noisy_copy, tiny_model, zoo_on
 from osd_lab.decoding import autoregressive_generate, speculative_generate
 
 
@@ -113,21 +111,6 @@ def test_identical_draft_accepts_everything_and_eos_stops_inside_block(device):
                                    generator=torch.Generator(device=device).manual_seed(0))
     assert sampled.stats["mean_alpha"] == pytest.approx(1.0)
     assert all(n == g for n, g in zip(sampled.stats["accepted"], sampled.stats["draft_lens"]))
-
-
-def exact_target_distribution(target, prompt, length, settings):
-    """P(x_1..x_length) under the processed target distribution, over all sequences."""
-    from itertools import product
-    from osd_lab.sampling import logits_to_probs
-    vocab = target.config.vocab_size
-    probs = {}
-    for seq in product(range(vocab), repeat=length):
-        ids = torch.tensor([prompt + list(seq)], device=target.device)
-        with torch.no_grad():
-            logits = target(ids).logits[0, len(prompt) - 1:-1]
-        step = logits_to_probs(logits, **settings)
-        probs[seq] = math.prod(step[i, t].item() for i, t in enumerate(seq))
-    return probs
 
 
 @pytest.mark.parametrize("settings", [
