@@ -51,7 +51,7 @@ def check_prompt(model: PreTrainedModel, input_ids, max_new_tokens: int) -> torc
         raise ValueError(f"input_ids must be one prompt of shape (T,) or (1, T), got "
                          f"{tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
-        raise ValueError("input_ids is an empty prompt: give at least one token "
+        raise ValueError("empty prompt: input_ids must hold at least one token "
                          "(e.g. the BOS token)")
     limit = context_length(model)
     if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
