@@ -69,6 +69,10 @@ class Dashboard:
         self.widget = widgets.VBox([widgets.HBox([widgets.VBox(list(self.controls.values())[:3]),
                                                   widgets.VBox(list(self.controls.values())[3:])]),
                                     self.button, self.status, self.plot])
+        # stable CSS classes (osd-draft-len, osd-run, ...) for browser tests and styling
+        for name, part in dict(self.controls, run=self.button, status=self.status,
+                                 plot=self.plot, dashboard=self.widget).items():
+            part.add_class("osd-" + name.replace("_", "-"))
 
     def settings(self):
         return {name: control.value for name, control in self.controls.items()}
