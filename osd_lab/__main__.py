@@ -8,6 +8,7 @@ measured in this run; saves plots to ``--out``.
 """
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ matplotlib.use("Agg")  # headless: plots go to files
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from osd_lab.decoding import autoregressive_generate, speculative_generate  # noqa: E402
+from osd_lab.checks import check_float, check_int  # noqa: E402
+from osd_lab.decoding import (autoregressive_generate, context_length,  # noqa: E402
+                              speculative_generate)
 from osd_lab.distill import acceptance_rate  # noqa: E402
 from osd_lab.divergences import DIVERGENCES  # noqa: E402
 from osd_lab.metrics import perplexity  # noqa: E402
@@ -29,6 +32,7 @@ from osd_lab.zoo.corpus import DOMAINS, load_corpus  # noqa: E402
 
 STREAM_ORDER = ("sql", "math", "code", "prose")  # the draft's own domain first
 FIRST_LAST = 15  # queries at each end of a domain's share of the stream
+MAX_QUERIES = 10_000  # about an hour on a laptop CPU; more is surely a typo
 
 
 def build_parser():
@@ -51,6 +55,39 @@ def build_parser():
     return parser
 
 
+def check_flags(args):
+    """Every flag, before any work; ``ValueError`` names the flag."""
+    check_int("--queries", args.queries, 1, MAX_QUERIES)
+    for flag, value in (("--draft-len", args.draft_len), ("--update-interval",
+                        args.update_interval), ("--buffer-size", args.buffer_size),
+                        ("--eval-prompts", args.eval_prompts), ("--batch-size", args.batch_size)):
+        check_int(flag, value, low=1)
+    check_float("--lr", args.lr, low=0, low_open=True)
+    if args.keep_fraction is not None:
+        check_float("--keep-fraction", args.keep_fraction, 0, 1, low_open=True)
+    # with 1 new token nothing is drafted, and there is no alpha to report
+    check_int("--max-new-tokens", args.max_new_tokens, low=2)
+    check_int("--seed", args.seed, 0, 2**32 - 1)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out must be a folder, got the file {str(args.out)!r}")
+    try:  # create it now and write into it: results are not lost at the end of a run
+        args.out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out).close()
+    except OSError as err:
+        raise ValueError(f"--out must be a writable folder, got {str(args.out)!r} "
+                         f"({err.strerror})") from err
+
+
+def check_flags_fit(args, pair, corpus):
+    """The flags that depend on the data: ``--eval-prompts`` leaves every domain
+    prompts for the stream, and every prompt + ``--max-new-tokens`` fits the context."""
+    fewest = min(len(corpus[d]["prompts"]) for d in DOMAINS)
+    check_int("--eval-prompts", args.eval_prompts, 1, fewest - 1)
+    longest = max(len(pair.tokenizer(p).input_ids) for d in DOMAINS for p in corpus[d]["prompts"])
+    context = min(context_length(pair.target), context_length(pair.draft))
+    check_int("--max-new-tokens", args.max_new_tokens, 2, context - longest)
+
+
 def speed(pair, draft, prompts, args):
     """Tokens/s of autoregressive and speculative greedy decoding on ``prompts``."""
     ar_time = spec_time = tokens = 0
@@ -67,14 +104,18 @@ def speed(pair, draft, prompts, args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.eval_prompts < 1 or args.max_new_tokens < 1:
-        parser.error("--eval-prompts and --max-new-tokens must be >= 1")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be an integer >= 1, got {args.batch_size}")
+    try:
+        check_flags(args)
+    except ValueError as err:
+        parser.error(str(err))
     start = time.time()
     set_seed(args.seed)
     pair = load_pair("zoo")
     corpus = load_corpus()
+    try:
+        check_flags_fit(args, pair, corpus)
+    except ValueError as err:
+        parser.error(str(err))
     n_eval = args.eval_prompts
     # held-out prompts: the first n_eval of each domain evaluate, the rest form the stream
     eval_prompts = {d: [pair.tokenizer(p, return_tensors="pt").input_ids.to(pair.device)
@@ -153,7 +194,6 @@ def main(argv=None):
           f"before ({spec_before / ar_rate:.2f}x), {spec_after:.0f} after "
           f"({spec_after / ar_rate_2:.2f}x)")
 
-    args.out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     plot_alpha(h, axes[0])
     plot_tau(h, axes[1])

@@ -34,6 +34,7 @@ import torch
 from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, keep_rows, new_cache, rollback
+from osd_lab.checks import check_choice, check_generator
 from osd_lab.decoding import check_pair, check_prompt, clock, context_length, next_draft_len
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
 from osd_lab.verify import overlap, verify
@@ -87,13 +88,6 @@ def check_prompts(models, prompts, max_new_tokens: int) -> list:
             raise ValueError(f"prompts[{i}]: {err}") from None
         checked.append(ids)
     return checked
-
-
-def check_generator(generator, device: torch.device) -> None:
-    """A generator must live on the device whose random numbers it draws."""
-    if generator is not None and torch.device(generator.device).type != device.type:
-        raise ValueError(f"generator is on {generator.device} but the models on {device}: "
-                         f"make it with torch.Generator(device={str(device)!r})")
 
 
 def left_pad(prompts: list, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,15 +264,13 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
     ``padding_fraction`` (per step, share of the target's cache slots that
     are padding or holes), ``wall_time_s`` and ``tokens_per_s``.
     """
-    if draft_len_policy not in BATCH_DRAFT_LEN_POLICIES:
-        raise ValueError(f"draft_len_policy must be one of {BATCH_DRAFT_LEN_POLICIES}, "
-                         f"got {draft_len_policy!r}")
+    check_choice("draft_len_policy", draft_len_policy, BATCH_DRAFT_LEN_POLICIES)
     if draft_len is None:
         draft_len = BASS_START if draft_len_policy == "bass" else 4
     vocab_size = check_pair(target, draft, draft_len, "constant", vocab_size)
     prompts = check_prompts([target, draft], prompts, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
-    check_generator(generator, target.device)
+    check_generator(generator, target.device, "the models are")
 
     def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
         return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)

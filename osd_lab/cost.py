@@ -15,20 +15,17 @@ Taught in ``notebooks/03_when_is_it_fast``.
 import torch
 
 from osd_lab.cache import forward, new_cache
-from osd_lab.decoding import clock
+from osd_lab.checks import check_float, check_int
+from osd_lab.decoding import clock, context_length
 from osd_lab.metrics import decode_step_time
 
-
-def _check(alpha, draft_len):
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if int(draft_len) != draft_len or draft_len < 0:
-        raise ValueError(f"draft_len must be an integer >= 0, got {draft_len}")
+MAX_DRAFT_LEN = 1024  # optimal_draft_len searches no further
 
 
 def expected_tokens_per_step(alpha: float, draft_len: int) -> float:
     """Expected tokens produced per target call (accepted drafts + one from the target)."""
-    _check(alpha, draft_len)
+    check_float("alpha", alpha, 0, 1)
+    check_int("draft_len", draft_len, low=0)
     if alpha == 1:
         return draft_len + 1.0
     return (1 - alpha ** (draft_len + 1)) / (1 - alpha)
@@ -36,13 +33,13 @@ def expected_tokens_per_step(alpha: float, draft_len: int) -> float:
 
 def speedup(alpha: float, draft_len: int, cost_ratio: float) -> float:
     """Expected wall-time speedup over autoregressive decoding with the target."""
-    if cost_ratio < 0:
-        raise ValueError(f"cost_ratio must be >= 0, got {cost_ratio}")
+    check_float("cost_ratio", cost_ratio, low=0)
     return expected_tokens_per_step(alpha, draft_len) / (draft_len * cost_ratio + 1)
 
 
 def optimal_draft_len(alpha: float, cost_ratio: float, max_draft_len: int = 32) -> int:
     """The draft length in [1, max_draft_len] with the highest expected speedup."""
+    check_int("max_draft_len", max_draft_len, 1, MAX_DRAFT_LEN)
     return max(range(1, max_draft_len + 1), key=lambda g: speedup(alpha, g, cost_ratio))
 
 
@@ -58,6 +55,13 @@ def measure_verify_ratio(model, num_tokens: int, prompt_len: int = 32, repeats: 
     Near 1 on a GPU for small ``num_tokens`` (the weights are read once either
     way); on a CPU it grows with ``num_tokens`` and eats into the speedup.
     """
+    check_int("num_tokens", num_tokens, low=1)
+    check_int("prompt_len", prompt_len, low=1)
+    check_int("repeats", repeats, low=1)
+    limit = context_length(model)
+    if limit is not None and prompt_len + num_tokens > limit:
+        raise ValueError(f"prompt_len + num_tokens must be <= the model's context of {limit} "
+                         f"tokens, got {prompt_len} + {num_tokens}")
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len + num_tokens),
                         generator=torch.Generator().manual_seed(0)).to(model.device)
 

@@ -14,6 +14,7 @@ import io
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
+from osd_lab.checks import check_choice, check_float, check_int
 from osd_lab.decoding import autoregressive_generate
 from osd_lab.divergences import DIVERGENCES
 from osd_lab.online import STREAMS, OnlineSpeculativeDecoder, make_stream
@@ -26,18 +27,11 @@ LIMITS = dict(draft_len=(1, 16), update_interval=(1, 64), temperature=(0.0, 2.0)
 def check_settings(draft_len, update_interval, temperature, loss, stream, queries):
     """Raise ``ValueError`` naming the first setting out of range."""
     for name, value in (("draft_len", draft_len), ("update_interval", update_interval),
-                        ("temperature", temperature), ("queries", queries)):
-        low, high = LIMITS[name]
-        whole = isinstance(low, int)
-        # the range before int(): NaN and inf fail it, and int() would raise on them
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not low <= value <= high or (whole and value != int(value)):
-            kind = "an integer" if whole else "a number"
-            raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
-    if loss not in DIVERGENCES:
-        raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
-    if stream not in STREAMS:
-        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+                        ("queries", queries)):
+        check_int(name, value, *LIMITS[name])
+    check_float("temperature", temperature, *LIMITS["temperature"])
+    check_choice("loss", loss, DIVERGENCES)
+    check_choice("stream", stream, STREAMS)
 
 
 def render_png(history, title):
@@ -55,6 +49,8 @@ class Dashboard:
     """Widgets around one online run on a copy of ``pair.draft`` (the pair is untouched)."""
 
     def __init__(self, pair, prompts_by_domain, max_new_tokens=24, redraw_every=10):
+        check_int("max_new_tokens", max_new_tokens, low=2)  # with 1, nothing is drafted
+        check_int("redraw_every", redraw_every, low=1)
         self.pair, self.prompts = pair, prompts_by_domain
         self.max_new_tokens, self.redraw_every = max_new_tokens, redraw_every
         self.controls = dict(
@@ -91,10 +87,14 @@ class Dashboard:
         return tokens / seconds
 
     def run(self, settings=None):
-        """Run one online session with ``settings`` (default: the widgets' values)."""
-        settings = settings or self.settings()
+        """Run one online session with ``settings``, a dict with every key of
+        ``self.settings()``; None (only None) means the widgets' values."""
+        if settings is None:
+            settings = self.settings()
         try:
             names = set(LIMITS) | {"loss", "stream"}
+            if not isinstance(settings, dict):
+                raise ValueError(f"settings must be a dict {{name: value}}, got {settings!r}")
             if set(settings) != names:
                 raise ValueError(f"settings must be exactly {sorted(names)}, "
                                  f"got {sorted(settings)}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 from osd_lab.cache import forward, new_cache, rollback
+from osd_lab.checks import check_choice, check_generator, check_int, check_token_ids
 from osd_lab.models import output_vocab_size
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
 from osd_lab.verify import overlap, verify
@@ -41,17 +42,17 @@ def context_length(model: PreTrainedModel) -> int | None:
 
 def check_prompt(model: PreTrainedModel, input_ids, max_new_tokens: int) -> torch.Tensor:
     """Validate a prompt and length; return ids of shape ``(1, T)`` on the model's device."""
-    if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens \
-            or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    check_int("max_new_tokens", max_new_tokens, low=1)
+    vocab = model.get_input_embeddings().num_embeddings  # ids the model can read
+    input_ids = check_token_ids("input_ids", input_ids, vocab)
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"expected one prompt of shape (T,) or (1, T), got "
+        raise ValueError(f"input_ids must be one prompt of shape (T,) or (1, T), got "
                          f"{tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
-        raise ValueError("empty prompt: give at least one token (e.g. the BOS token)")
+        raise ValueError("empty prompt: input_ids must hold at least one token "
+                         "(e.g. the BOS token)")
     limit = context_length(model)
     if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
         raise ValueError(f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens "
@@ -81,23 +82,6 @@ def first_eos(tokens: torch.Tensor, eos_ids: torch.Tensor | None) -> int | None:
         return None
     hits = torch.isin(tokens, eos_ids).nonzero()
     return int(hits[0]) if len(hits) else None
-
-
-def check_generator(generator, device: torch.device) -> None:
-    """Raise unless ``generator`` is None or a ``torch.Generator`` on ``device``.
-
-    A generator draws on its own device only: a CPU generator cannot sample
-    a CUDA tensor, nor a CUDA generator a CPU one.
-    """
-    if generator is None:
-        return
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}")
-    here = generator.device
-    if here.type != device.type or (here.index or 0) != (device.index or 0):
-        raise ValueError(f"generator is on {here} but the model is on {device}: create it "
-                         f"there, e.g. torch.Generator(device=\"{device}\").manual_seed(0)")
 
 
 def clock(device: torch.device) -> float:
@@ -133,6 +117,7 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     check_sampling_args(temperature, top_k, top_p)
     eos_ids = check_eos(eos_token_id, output_vocab_size(model), model.device)
     check_generator(generator, model.device)
+    check_choice("use_cache", use_cache, (True, False))
     start = clock(model.device)
     cache = new_cache(model) if use_cache else None
     sequence = input_ids  # (1, T + generated so far)
@@ -175,11 +160,8 @@ def next_draft_len(policy: str, draft_len: int, num_accepted: int) -> int:
 
 def check_pair(target, draft, draft_len, draft_len_policy, vocab_size):
     """Validate a (target, draft) pair; return the vocabulary size both score."""
-    if isinstance(draft_len, bool) or int(draft_len) != draft_len or draft_len < 1:
-        raise ValueError(f"draft_len must be an integer >= 1, got {draft_len!r}")
-    if draft_len_policy not in DRAFT_LEN_POLICIES:
-        raise ValueError(f"draft_len_policy must be one of {DRAFT_LEN_POLICIES}, "
-                         f"got {draft_len_policy!r}")
+    check_int("draft_len", draft_len, low=1)
+    check_choice("draft_len_policy", draft_len_policy, DRAFT_LEN_POLICIES)
     if target.device != draft.device:
         raise ValueError(f"target is on {target.device} but draft on {draft.device}: "
                          f"move both to one device, e.g. draft.to(target.device)")
@@ -192,6 +174,7 @@ def check_pair(target, draft, draft_len, draft_len_policy, vocab_size):
                 f"embeddings differently, pass vocab_size=len(tokenizer) "
                 f"(load_pair's ModelPair.vocab_size).")
         vocab_size = sizes[0]
+    check_int("vocab_size", vocab_size, low=1)
     if vocab_size > min(sizes):
         raise ValueError(f"vocab_size={vocab_size} but the models score {sizes} tokens")
     return vocab_size
@@ -238,6 +221,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     check_generator(generator, target.device)
     vocab_size = check_pair(target, draft, draft_len, draft_len_policy, vocab_size)
     eos_ids = check_eos(eos_token_id, vocab_size, target.device)
+    check_choice("record_target_logits", record_target_logits, (True, False))
 
     def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
         return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)

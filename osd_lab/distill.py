@@ -21,8 +21,11 @@ import random
 import torch
 from tqdm.auto import tqdm
 
+from osd_lab.checks import (check_choice, check_float, check_int, check_seed, check_tensor,
+                            check_token_ids, finite_spread)
 from osd_lab.decoding import autoregressive_generate, speculative_generate
 from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
+from osd_lab.models import output_vocab_size
 
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")
 
@@ -40,7 +43,9 @@ def continue_prompt(model, prompt, max_new_tokens, temperature, generator=None):
 def cut_prompts(tokenizer, texts, seed=0, min_len=8, max_len=64):
     """Prompts ``(T,)`` cut from ``texts`` at random points: ``min_len`` to
     ``max_len`` tokens, leaving at least ``min_len`` of the text after the cut."""
-    rng, prompts = random.Random(seed), []
+    check_int("min_len", min_len, low=1)
+    check_int("max_len", max_len, low=min_len)
+    rng, prompts = random.Random(check_seed(seed)), []
     for text in texts:
         ids = tokenizer(text, return_tensors="pt").input_ids[0]
         prompts.append(ids[:rng.randint(min_len, max(min_len, min(max_len, len(ids) - min_len)))])
@@ -62,15 +67,63 @@ def make_batch(sequences, prompt_lens, pad_id=0):
     return ids, mask
 
 
-def check_distill_args(loss, data, keep_fraction, mix_ratio):
-    if loss not in DIVERGENCES:
-        raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
-    if data not in DATA_SOURCES:
-        raise ValueError(f"data must be one of {DATA_SOURCES}, got {data!r}")
-    if keep_fraction is not None and not 0 < keep_fraction <= 1:
-        raise ValueError(f"keep_fraction (AdaSPEC's k) must be in (0, 1], got {keep_fraction}")
-    if not 0 <= mix_ratio <= 1:
-        raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
+def check_prompt_list(name, prompts, vocab_size, one_row_ok=False):
+    """A non-empty list of tensors ``(T,)`` (or ``(1, T)`` if ``one_row_ok``) of
+    token ids in ``[0, vocab_size)``."""
+    shapes = "(T,) or (1, T)" if one_row_ok else "(T,)"
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"{name} must be a non-empty list of token-id tensors {shapes}, "
+                         f"got {prompts!r}")
+    for i, prompt in enumerate(prompts):
+        check_tensor(f"{name}[{i}]", prompt)
+        if prompt.dim() != 1 and not (one_row_ok and prompt.dim() == 2 and len(prompt) == 1):
+            raise ValueError(f"{name}[{i}] must have shape {shapes}, got {tuple(prompt.shape)}")
+        check_token_ids(f"{name}[{i}]", prompt, vocab_size)
+
+
+def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
+                       max_new_tokens, temperature, eval_every):
+    check_choice("loss", loss, DIVERGENCES)
+    check_choice("data", data, DATA_SOURCES)
+    if keep_fraction is not None:
+        check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
+    check_float("mix_ratio", mix_ratio, 0, 1)
+    check_int("steps", steps, low=0)  # 0: only the evaluation at the start
+    check_float("lr", lr, low=0, low_open=True)
+    check_int("batch_size", batch_size, low=1)
+    check_int("max_new_tokens", max_new_tokens, low=1)
+    check_float("temperature", temperature, low=0, low_open=True)
+    check_int("eval_every", eval_every, low=1)
+
+
+def guarded_step(model, optimizer, value, ids) -> bool:
+    """One optimiser step on the loss ``value`` (gradient clipped to norm 1), kept
+    only if it leaves a working model. Returns False, with the weights and the
+    optimiser state as they were, when the loss or the gradient is not finite,
+    or when after the step the weights are not finite, or the model's logits
+    on ``ids`` ``(B, L)`` (the batch it trained on) are not finite and sane
+    (``finite_spread``: softmax can use them)."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(value):
+        return False
+    value.backward()
+    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    optimizer.step()
+    training = model.training
+    model.eval()  # no dropout in the check
+    with torch.no_grad():
+        # a NaN or inf weight makes its tensor's sum NaN or inf: one sync for all
+        sums = torch.stack([p.sum(dtype=torch.float32) for p in model.parameters()])
+        ok = bool(sums.isfinite().all()) and finite_spread(model(ids).logits)
+    model.train(training)
+    if not ok:  # e.g. lr=1e10: finite weights whose logits overflow. Undo the step.
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state)
+        optimizer.zero_grad(set_to_none=True)
+    return ok
 
 
 # -----------------------------------------------------------------------------
@@ -95,7 +148,12 @@ def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0,
     """Exact alpha and tau (tokens per target call) of speculative decoding over
     ``prompts``. alpha is the mean of sum_v min(p, q) over the drafted positions
     that verification decided (the accepted ones and the first rejected one of
-    each step); positions after a rejection sit on a prefix that is thrown away."""
+    each step); positions after a rejection sit on a prefix that is thrown away.
+    max_new_tokens must be >= 2: with 1, nothing is drafted."""
+    check_prompt_list("prompts", prompts, target.get_input_embeddings().num_embeddings,
+                      one_row_ok=True)
+    check_int("max_new_tokens", max_new_tokens, low=2)
+    seed = check_seed(seed)
     generator = torch.Generator(device=target.device).manual_seed(seed)
     alphas, new_tokens, target_calls = [], 0, 0
     for prompt in prompts:
@@ -130,11 +188,18 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
 
     The history has ``loss`` per step, ``kept_fraction`` per step, ``eval``
     rows ``(step, alpha, tau)`` and ``skipped`` steps whose loss or gradient
-    was NaN/inf (those steps leave the weights untouched).
+    was NaN/inf, or after which the draft's weights or logits were (those
+    steps leave the weights and the optimiser state untouched: ``guarded_step``).
     """
-    check_distill_args(loss, data, keep_fraction, mix_ratio)
-    if not prompts:
-        raise ValueError("no prompts to distil on")
+    check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
+                       max_new_tokens, temperature, eval_every)
+    seed = check_seed(seed)
+    readable = min(m.get_input_embeddings().num_embeddings for m in (draft, target))
+    check_prompt_list("prompts", prompts, readable)
+    if eval_prompts is not None:
+        check_prompt_list("eval_prompts", eval_prompts, readable, one_row_ok=True)
+    if vocab_size is not None:
+        check_int("vocab_size", vocab_size, 1, min(output_vocab_size(m) for m in (draft, target)))
     rng = random.Random(seed)
     generator = torch.Generator(device=draft.device).manual_seed(seed)
     vocab = slice(0, vocab_size)
@@ -184,18 +249,10 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
                                  forward_kl(target_logits, reference_logits, temperature),
                                  mask, keep_fraction)
         value = masked_mean(per_token, mask)
-        # 4. a step, unless the loss or its gradient is broken
-        optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(value):
+        # 4. a step, unless the loss, its gradient or the updated draft is broken
+        if not guarded_step(draft, optimizer, value, ids):
             history["skipped"].append(step)
             continue
-        value.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
-        if not torch.isfinite(grad_norm):
-            optimizer.zero_grad(set_to_none=True)
-            history["skipped"].append(step)
-            continue
-        optimizer.step()
         history["loss"].append(value.item())
         history["kept_fraction"].append(mask.sum().item() / max(1, num_continuation))
         if eval_prompts and (step % eval_every == 0 or step == steps):

@@ -15,6 +15,7 @@ import math
 import torch
 
 from osd_lab.cache import forward, new_cache
+from osd_lab.checks import check_int
 from osd_lab.decoding import autoregressive_generate, clock
 from osd_lab.sampling import logits_to_probs
 from osd_lab.verify import overlap
@@ -23,12 +24,17 @@ from osd_lab.verify import overlap
 @torch.inference_mode()
 def perplexity(model, tokenizer, texts, max_len: int = 256) -> float:
     """Per-token perplexity of ``model`` on ``texts`` (each cut to ``max_len`` tokens)."""
+    check_int("max_len", max_len, low=2)
+    if isinstance(texts, str) or not texts:
+        raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}")
     total_loss, total_tokens = 0.0, 0
     for text in texts:
         ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_len].to(model.device)
         n = ids.shape[1] - 1  # number of predicted tokens
         total_loss += model(ids, labels=ids).loss.item() * n
         total_tokens += n
+    if total_tokens == 0:
+        raise ValueError("texts must hold a text of at least 2 tokens: nothing was predicted")
     return math.exp(total_loss / total_tokens)
 
 
@@ -43,6 +49,7 @@ def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
     (processed at ``temperature``) on the first ``vocab_size`` ids.
     Returns ``{"alpha": (N,), "agree": (N,) bool}`` tensors.
     """
+    check_int("num_tokens", num_tokens, low=1)
     continuation = autoregressive_generate(target, input_ids, num_tokens).tokens
     sequence = torch.cat([input_ids.to(target.device), continuation[None]], dim=1)
     prompt_len = input_ids.shape[1]
@@ -64,6 +71,9 @@ def alpha_on_documents(target, draft, documents, temperatures=(1.0,), vocab_size
     Returns ``{temperature: (mean, standard error)}`` over documents of each
     document's mean alpha.
     """
+    if not documents:
+        raise ValueError(f"documents must be a non-empty list of (1, T) token ids, "
+                         f"got {documents!r}")
     per_doc = {t: [] for t in temperatures}
     for ids in documents:
         ids = ids.to(target.device)
@@ -83,6 +93,9 @@ def alpha_on_documents(target, draft, documents, temperatures=(1.0,), vocab_size
 @torch.inference_mode()
 def decode_step_time(model, prompt_len: int = 32, steps: int = 64, repeats: int = 3) -> float:
     """Median seconds per one-token forward pass with a KV cache (batch 1)."""
+    check_int("prompt_len", prompt_len, low=1)
+    check_int("steps", steps, low=1)
+    check_int("repeats", repeats, low=1)
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len),
                         generator=torch.Generator().manual_seed(0)).to(model.device)
     times = []

@@ -22,8 +22,9 @@ from collections import deque
 import torch
 
 from osd_lab.batched import batched_speculative_generate
+from osd_lab.checks import check_choice, check_float, check_int, check_seed
 from osd_lab.decoding import speculative_generate
-from osd_lab.distill import make_batch, select_tokens
+from osd_lab.distill import guarded_step, make_batch, select_tokens
 from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
 
 STREAMS = ("sharp", "smooth", "iid")
@@ -38,10 +39,12 @@ def make_stream(kind, prompts_by_domain, num_queries, seed=0):
     "sharp": one block per domain, in order; "smooth": the mix moves linearly
     from each domain to the next; "iid": every query from a uniform random domain.
     """
-    if kind not in STREAMS:
-        raise ValueError(f"stream must be one of {STREAMS}, got {kind!r}")
-    if isinstance(num_queries, bool) or int(num_queries) != num_queries or num_queries < 1:
-        raise ValueError(f"num_queries must be an integer >= 1, got {num_queries!r}")
+    check_choice("stream", kind, STREAMS)
+    check_int("num_queries", num_queries, low=1)
+    seed = check_seed(seed)
+    if not isinstance(prompts_by_domain, dict):
+        raise ValueError(f"prompts_by_domain must be a dict {{domain: [prompt, ...]}}, "
+                         f"got {type(prompts_by_domain).__name__}")
     domains = [d for d, prompts in prompts_by_domain.items() if prompts]
     if not domains:
         raise ValueError("empty stream: no domain has any prompt")
@@ -69,6 +72,7 @@ class OracleRouter:
 
     def __init__(self, names, fallback):
         self.names, self.fallback = list(names), fallback
+        check_choice("fallback", fallback, self.names)
 
     def route(self, prompt_ids, domain=None):
         if domain in self.names:
@@ -91,10 +95,23 @@ class LearnedRouter:
 
     def __init__(self, names, fallback, vocab_size, lr=0.5, min_confidence=0.6,
                  max_novelty=0.5, seed=0):
-        torch.manual_seed(seed)
-        self.names, self.fallback, self.min_confidence = list(names), fallback, min_confidence
+        names = list(names)
+        check_choice("fallback", fallback, names)
+        check_int("vocab_size", vocab_size, low=1)
+        check_float("lr", lr, low=0, low_open=True)
+        check_float("min_confidence", min_confidence, 0, 1)
+        check_float("max_novelty", max_novelty, 0, 1)
+        seed = check_seed(seed)
+        self.names, self.fallback, self.min_confidence = names, fallback, min_confidence
         self.vocab_size, self.max_novelty = vocab_size, max_novelty
-        self.classifier = torch.nn.Linear(vocab_size, len(self.names))
+        # torch.nn.Linear's own initialisation, from the router's own generator
+        # (the global torch RNG is left alone)
+        generator = torch.Generator().manual_seed(seed)
+        self.classifier = torch.nn.utils.skip_init(torch.nn.Linear, vocab_size, len(self.names))
+        bound = 1 / vocab_size ** 0.5
+        with torch.no_grad():
+            self.classifier.weight.uniform_(-bound, bound, generator=generator)
+            self.classifier.bias.uniform_(-bound, bound, generator=generator)
         self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=lr)
         self.seen = torch.zeros(vocab_size, dtype=torch.bool)  # tokens of observed prompts
 
@@ -157,15 +174,24 @@ class OnlineSpeculativeDecoder:
                  temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
                             ("draft_len", draft_len), ("batch_size", batch_size)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if loss not in DIVERGENCES:
-            raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
-        if keep_fraction is not None and not 0 < keep_fraction <= 1:
-            raise ValueError(f"keep_fraction (AdaSPEC's k) must be in (0, 1], got {keep_fraction}")
+            check_int(name, value, low=1)
+        check_choice("loss", loss, DIVERGENCES)
+        if keep_fraction is not None:
+            check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
+        check_float("lr", lr, low=0, low_open=True)
+        check_int("max_new_tokens", max_new_tokens, low=2)  # with 1, nothing is drafted
+        check_float("temperature", temperature, low=0)
+        seed = check_seed(seed)
+        if vocab_size is not None:
+            check_int("vocab_size", vocab_size, low=1)  # its upper bound: check_pair
         self.drafts = drafts if isinstance(drafts, dict) else {"draft": drafts}
+        if not self.drafts:
+            raise ValueError("drafts must be a model or a non-empty dict {name: model}, got {}")
         if len(self.drafts) > 1 and router is None:
             raise ValueError("several drafts need a router (OracleRouter or LearnedRouter)")
+        if router is not None and not set(router.names) <= set(self.drafts):
+            raise ValueError(f"router must route to the drafts {sorted(self.drafts)}, "
+                             f"got one for {router.names}")
         self.target, self.tokenizer, self.router = target, tokenizer, router
         self.draft_len, self.update_interval, self.loss = draft_len, update_interval, loss
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
@@ -293,10 +319,9 @@ class OnlineSpeculativeDecoder:
         """One optimiser step on the masked mean divergence. With a ``reference_loss``
         ``(B, L - 1)`` (AdaSPEC) only the top ``keep_fraction`` of tokens by
         KL(p || q_model) - reference_loss count. Returns the loss, or None (weights
-        restored) when the loss, gradient or new weights are not finite, and the
-        per-token divergence ``(B, L - 1)`` before the step."""
-        optimizer = self.optimizers[key]
-        saved = copy.deepcopy(model.state_dict())
+        and optimiser state restored) when the loss, gradient, new weights or the
+        new logits on ``ids`` are not finite (``guarded_step``), and the per-token
+        divergence ``(B, L - 1)`` before the step."""
         model.train()
         draft_logits = model(ids).logits[:, :-1, :target_logits.shape[-1]]  # (B, L - 1, V)
         per_token = token_divergence(loss, target_logits, draft_logits)  # (B, L - 1)
@@ -304,16 +329,6 @@ class OnlineSpeculativeDecoder:
             mask = select_tokens(forward_kl(target_logits, draft_logits), reference_loss, mask,
                                  self.keep_fraction)
         value = masked_mean(per_token, mask)
-        optimizer.zero_grad(set_to_none=True)
-        ok = bool(torch.isfinite(value))
-        if ok:
-            value.backward()
-            ok = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
-        if ok:
-            optimizer.step()
-            ok = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        ok = guarded_step(model, self.optimizers[key], value, ids)  # never serve a broken draft
         model.eval()
-        if not ok:
-            model.load_state_dict(saved)  # never serve a corrupted draft
-            optimizer.zero_grad(set_to_none=True)
         return (value.item() if ok else None), per_token.detach()

@@ -10,9 +10,13 @@ import random
 import numpy as np
 import torch
 
+from osd_lab.checks import (check_float, check_generator, check_int, check_probs, check_seed,
+                            check_tensor)
+
 
 def set_seed(seed: int) -> None:
     """Seed Python's ``random``, NumPy and torch (every CUDA device too)."""
+    seed = check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds all CUDA devices
@@ -48,13 +52,11 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
-    """Raise ``ValueError`` for settings that define no distribution."""
-    if not temperature >= 0:  # also catches NaN
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 means off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 means off), got {top_p}")
+    """Raise ``ValueError`` for settings that define no distribution: temperature
+    >= 0 (0 means greedy), top_k >= 0 (0 means off), top_p in (0, 1] (1 means off)."""
+    check_float("temperature", temperature, low=0)
+    check_int("top_k", top_k, low=0)
+    check_float("top_p", top_p, 0, 1, low_open=True)
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -64,16 +66,25 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
     Applied in the order of Hugging Face's ``generate``: temperature, then
     top-k, then top-p (nucleus). ``temperature=0`` is greedy decoding, a one-hot
     distribution on the argmax (the first one on ties, as ``torch.argmax``).
-    ``top_k=0`` and ``top_p=1`` switch those filters off.
+    ``top_k=0`` and ``top_p=1`` switch those filters off. Any temperature > 0,
+    however small, and any top_p > 0 give a distribution (never NaN).
     """
     check_sampling_args(temperature, top_k, top_p)
+    check_tensor("logits", logits, min_dims=1, floating=True)
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits must score at least one token, got shape {tuple(logits.shape)}")
     if not torch.isfinite(logits).all():
         raise ValueError("logits contain NaN or inf: the model's output is broken "
                          "(check its dtype, e.g. float16 overflow on CPU)")
     logits = logits.float()
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / temperature
+    # subtract the max before dividing: the result is <= 0, so a tiny temperature
+    # (1e-40) gives -inf for the rest, not inf - inf = NaN; where float32 rounds the
+    # temperature to 0, 0 / 0 at the max is replaced by 0. (Where logits / temperature
+    # would overflow, exp underflows to 0 anyway: this is exactly the float32 result.)
+    shifted = logits - logits.amax(-1, keepdim=True)  # (..., V), <= 0
+    logits = torch.where(shifted == 0, 0.0, shifted / temperature)
     if 0 < top_k < logits.shape[-1]:
         kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -82,7 +93,9 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         # drop a token when the tokens ranked above it already reach top_p
         mass_above = sorted_probs.cumsum(-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(mass_above >= top_p, 0.0)
+        drop = mass_above >= top_p
+        drop[..., 0] = False  # always keep the most likely token (top_p=1e-50 is 0 in float32)
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
@@ -90,6 +103,8 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token id per row from ``probs`` ``(..., V)``; returns ``(...)``."""
+    check_probs("probs", probs)
+    check_generator(generator, probs.device, "the tensor probs is")
     flat = probs.reshape(-1, probs.shape[-1])
     tokens = torch.multinomial(flat, 1, generator=generator)  # (N, 1)
     return tokens.reshape(probs.shape[:-1])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from osd_lab.checks import check_generator, check_probs, check_same_shape, check_token_ids
 from osd_lab.sampling import sample
 
 
@@ -31,8 +32,11 @@ def overlap(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Exact acceptance rate alpha = sum_v min(p, q) over the last dim: ``(..., V) -> (...)``.
 
     It equals 1 - TV(p, q): the chance that a token drawn from q is accepted
-    when the target distribution is p.
+    when the target distribution is p. Both must be distributions of one shape.
     """
+    check_probs("p", p)
+    check_probs("q", q)
+    check_same_shape(("p", "q"), p, q)
     return torch.minimum(p, q).sum(-1)
 
 
@@ -41,8 +45,11 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
     Where p <= q everywhere (only if p == q, when a rejection cannot happen)
     the residual is empty; we return p there so the result is always a
-    distribution.
+    distribution. A row of q may be all zeros (nothing drafted): the residual is p.
     """
+    check_probs("p", p)
+    check_probs("q", q, zero_rows=True)
+    check_same_shape(("p", "q"), p, q)
     residual = torch.clamp(p - q, min=0)
     mass = residual.sum(-1, keepdim=True)
     return torch.where(mass > 0, residual / mass.clamp_min(1e-30), p)
@@ -53,12 +60,21 @@ def verify(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor,
     """Accept or reject drafted tokens; batched over B sequences.
 
     p: ``(B, G + 1, V)`` target probabilities at the G drafted positions and
-       the position after them.
+       the position after them (positions after those are not read).
     q: ``(B, G, V)`` draft probabilities the drafted tokens were sampled from.
     draft_tokens: ``(B, G)`` the drafted token ids.
     generator: on the tensors' device, for reproducible coin flips.
     """
-    batch, gamma = draft_tokens.shape
+    check_probs("p", p, dims=3)
+    check_probs("q", q, dims=3)
+    draft_tokens = check_token_ids("draft_tokens", draft_tokens, p.shape[-1])  # (B, G)
+    batch, gamma, vocab = q.shape
+    if p.shape[0] != batch or p.shape[1] < gamma + 1 or p.shape[2] != vocab \
+            or tuple(draft_tokens.shape) != (batch, gamma):
+        raise ValueError(f"p, q and draft_tokens must have shapes (B, G + 1, V), (B, G, V) "
+                         f"and (B, G), got {tuple(p.shape)}, {tuple(q.shape)} and "
+                         f"{tuple(draft_tokens.shape)}")
+    check_generator(generator, p.device, "the tensor p is")
     # 1. acceptance probability of each drafted token: min(1, p(x) / q(x))
     p_x = p[:, :gamma].gather(-1, draft_tokens[..., None]).squeeze(-1)  # (B, G)
     q_x = q.gather(-1, draft_tokens[..., None]).squeeze(-1)  # (B, G)

@@ -29,5 +29,20 @@ def test_bad_values(call):
         call()
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda: speedup(float("nan"), 3, 0.1), r"alpha must be a finite number in \[0, 1\], got nan"),
+    (lambda: speedup(0.5, 3, float("inf")), "cost_ratio must be a finite number >= 0, got inf"),
+    (lambda: speedup(0.5, 2.0, 0.1), "draft_len must be an integer >= 0, got 2.0"),
+    (lambda: expected_tokens_per_step(True, 3), "alpha"),
+    (lambda: optimal_draft_len(0.5, 0.1, 0), "max_draft_len"),
+    (lambda: optimal_draft_len(0.5, 0.1, 10**9), r"max_draft_len must be an integer in \[1, 1024\]"),
+    (lambda: measure_verify_ratio(tiny_model("llama"), 0), "num_tokens"),
+    (lambda: measure_verify_ratio(tiny_model("llama"), 100, prompt_len=100), "context of 128"),
+])
+def test_bad_values_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 def test_verify_ratio_is_positive():
     assert measure_verify_ratio(tiny_model("llama"), 4, repeats=3) > 0

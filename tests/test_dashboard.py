@@ -34,6 +34,8 @@ def dashboard():
     (dict(draft_len=2.5), "draft_len"), (dict(queries="10"), "queries"),
     (dict(temperature=float("nan")), "temperature"), (dict(update_interval=True), "update_interval"),
     (dict(draft_len=float("nan")), "draft_len"), (dict(queries=float("inf")), "queries"),
+    (dict(draft_len=2.0), "draft_len must be an integer"),
+    (dict(temperature=float("inf")), "temperature"),
 ])
 def test_bad_widget_values_are_reported_not_run(dashboard, change, message):
     with pytest.raises(ValueError, match=message):
@@ -46,6 +48,10 @@ def test_missing_or_unknown_settings_are_reported(dashboard):
     assert dashboard.run({k: v for k, v in GOOD.items() if k != "loss"}) is None
     assert "Not run" in dashboard.status.value and "settings must be exactly" in dashboard.status.value
     assert dashboard.run(GOOD | dict(colour="red")) is None
+    # issue 13: an empty dict silently ran with the widgets' values
+    assert dashboard.run({}) is None
+    assert "Not run" in dashboard.status.value and "settings must be exactly" in dashboard.status.value
+    assert dashboard.run(["draft_len"]) is None and "settings must be a dict" in dashboard.status.value
 
 
 def test_run_writes_status_and_plot_into_widgets(dashboard):

@@ -111,13 +111,21 @@ def test_eos_stops_generation_and_is_kept(device):
     (torch.ones(1, 120, dtype=torch.long), 20, "context of 128"),
     (torch.ones(1, 200, dtype=torch.long), 1, "context of 128"),
     (torch.ones(2, 3, dtype=torch.long), 1, "one prompt"),
+    # issue 13: floats were truncated, ids outside the vocabulary not noticed
+    ([1.0, 2.0], 5, "input_ids must be integer token ids"),
+    (torch.tensor([[1.7, 2.2]]), 5, "input_ids must be integer token ids"),
+    ([0, 96], 5, r"input_ids must be token ids in \[0, 96\), got 96"),
+    ([-1, 3], 5, "input_ids must be token ids"),
+    (torch.tensor([[1, 2]]), 2.0, "max_new_tokens must be an integer >= 1, got 2.0"),
+    (torch.tensor([[1, 2]]), True, "max_new_tokens"),
 ])
 def test_bad_input(prompt, max_new_tokens, message):
     with pytest.raises(ValueError, match=message):
         autoregressive_generate(tiny_model("llama"), prompt, max_new_tokens)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_k=-2)])
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_k=-2),
+                                    dict(use_cache="no"), dict(generator=0)])
 def test_bad_sampling_settings(kwargs):
     with pytest.raises(ValueError):
         autoregressive_generate(tiny_model("llama"), [0, 1], 3, **kwargs)

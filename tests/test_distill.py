@@ -78,6 +78,15 @@ def test_nan_loss_skips_the_step_and_keeps_the_weights(device):
     (dict(keep_fraction=1.5, reference="self"), "keep_fraction"),
     (dict(loss="kl"), "loss must be"),
     (dict(data="web"), "data must be"),
+    # issue 13: lr=inf recorded a normal step and left non-finite weights
+    (dict(lr=float("inf")), "lr must be a finite number > 0, got inf"),
+    (dict(lr=0), "lr must be a finite number > 0, got 0"),
+    (dict(max_new_tokens=2.0), "max_new_tokens must be an integer >= 1, got 2.0"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(temperature=0.0), "temperature must be a finite number > 0"),
+    (dict(mix_ratio=float("nan")), "mix_ratio"),
+    (dict(vocab_size=-1), "vocab_size must be an integer in"),
+    (dict(seed=-1), "seed must be an integer in"),
 ])
 def test_bad_arguments(kwargs, message):
     target = tiny_model("llama")
@@ -85,6 +94,37 @@ def test_bad_arguments(kwargs, message):
         kwargs["reference"] = target
     with pytest.raises(ValueError, match=message):
         distill(tiny_model("llama", 1), target, prompts(), steps=1, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("bad_prompts, message", [
+    ([], "prompts must be a non-empty list"),
+    ([torch.tensor([2.0, 3.0])], r"prompts\[0\] must be integer token ids"),
+    ([torch.tensor([2, 3]), torch.tensor([2, 96])], r"prompts\[1\] must be token ids in \[0, 96\)"),
+    ([torch.tensor([[[2, 3]]])], r"prompts\[0\] must have shape \(T,\)"),
+])
+def test_bad_prompts(bad_prompts, message):
+    with pytest.raises(ValueError, match=message):
+        distill(tiny_model("llama", 1), tiny_model("llama"), bad_prompts, steps=1,
+                progress=False)
+    with pytest.raises(ValueError, match=message):
+        acceptance_rate(tiny_model("llama"), tiny_model("llama", 1), bad_prompts)
+
+
+def test_acceptance_rate_needs_two_new_tokens():
+    """With max_new_tokens=1 nothing is drafted: this was a ZeroDivisionError."""
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 2, got 1"):
+        acceptance_rate(tiny_model("llama"), tiny_model("llama", 1), prompts(), max_new_tokens=1)
+
+
+def test_a_step_that_breaks_the_draft_is_undone():
+    """lr=1e10 leaves finite weights whose logits are not: the step is undone."""
+    target = tiny_model("llama", seed=0)
+    draft = noisy_copy(target, 0.5, seed=3)
+    before = [p.clone() for p in draft.parameters()]
+    history = distill(draft, target, prompts(), data="fixed", steps=2, lr=1e10, batch_size=2,
+                      progress=False)
+    assert history["skipped"] == [1, 2] and history["loss"] == []
+    assert all(torch.equal(a, b) for a, b in zip(before, draft.parameters()))
 
 
 def test_all_masked_batch_and_mismatched_vocab():

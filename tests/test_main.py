@@ -16,14 +16,49 @@ def test_main_job_prints_report_and_saves_plot(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--queries", "0"], "num_queries"),
-    (["--update-interval", "0"], "update_interval"),
-    (["--buffer-size", "0"], "buffer_size"),
-    (["--keep-fraction", "2"], "keep_fraction"),
+    (["--queries", "0"], "--queries must be an integer in [1, 10000], got 0"),
+    (["--update-interval", "0"], "--update-interval"),
+    (["--buffer-size", "0"], "--buffer-size"),
+    (["--keep-fraction", "2"], "--keep-fraction"),
     (["--eval-prompts", "0"], "eval-prompts"),
     (["--loss", "mse"], "invalid choice"),
+    # issue 13: each of these used to fail late, or with a traceback
+    (["--queries", "1000000000"], "--queries must be an integer in [1, 10000]"),
+    (["--max-new-tokens", "1"], "--max-new-tokens must be an integer >= 2, got 1"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 4294967295], got -1"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--keep-fraction", "nan"], "--keep-fraction"),
+    (["--draft-len", "0"], "--draft-len"),
+    (["--queries", "2.0"], "invalid int value"),
 ])
-def test_bad_flags_exit_with_a_message(flags, message, capsys):
+def test_bad_flags_exit_with_a_message(flags, message, capsys, monkeypatch):
+    monkeypatch.setattr("osd_lab.__main__.load_pair", fail_if_called)
     with pytest.raises(SystemExit) as exit_info:
         main(flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def fail_if_called(*args, **kwargs):
+    raise AssertionError("a bad flag must stop the job before it loads anything")
+
+
+def test_out_must_be_a_writable_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("osd_lab.__main__.load_pair", fail_if_called)
+    a_file = tmp_path / "results.png"
+    a_file.write_bytes(b"")
+    for out, message in ((a_file, "--out must be a folder, got the file"),
+                         (a_file / "plots", "--out must be a writable folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out", str(out)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--eval-prompts", "81"], "--eval-prompts must be an integer in [1, 80], got 81"),
+    (["--max-new-tokens", "500"], "--max-new-tokens must be an integer in [2, 431], got 500"),
+])
+def test_flags_that_depend_on_the_zoo(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(flags + ["--out", str(tmp_path)])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err

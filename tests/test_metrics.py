@@ -30,3 +30,23 @@ def test_acceptance_along_greedy_for_an_identical_draft():
     out = acceptance_along_greedy(target, copy.deepcopy(target), torch.tensor([[0, 5, 7]]), 6)
     assert out["alpha"].shape == (6,) and out["agree"].all()
     assert torch.allclose(out["alpha"], torch.ones(6))
+
+
+def test_bad_input_is_named():
+    """Empty inputs were a ZeroDivisionError (perplexity) or a silent NaN (alpha)."""
+    from transformers import AutoTokenizer
+
+    from osd_lab.metrics import decode_step_time, perplexity
+    from osd_lab.models import ZOO_DIR
+    model = tiny_model("llama")
+    tokenizer = AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
+    with pytest.raises(ValueError, match="texts must be a non-empty list of strings"):
+        perplexity(model, tokenizer, [])
+    with pytest.raises(ValueError, match="max_len must be an integer >= 2, got 1"):
+        perplexity(model, tokenizer, ["SELECT 1"], max_len=1)
+    with pytest.raises(ValueError, match="documents must be a non-empty list"):
+        alpha_on_documents(model, model, [])
+    with pytest.raises(ValueError, match="num_tokens must be an integer >= 1, got 0"):
+        acceptance_along_greedy(model, model, torch.tensor([[0, 5]]), 0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        decode_step_time(model, steps=0)

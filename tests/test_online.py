@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -37,6 +39,9 @@ def test_streams():
     (("iid", PROMPTS, 0), "num_queries"),
     (("iid", {"sql": []}, 5), "empty stream"),
     (("iid", {}, 5), "empty stream"),
+    (("iid", PROMPTS, 2.0), "num_queries must be an integer >= 1, got 2.0"),
+    (("iid", PROMPTS, True), "num_queries"),
+    (("iid", ["SELECT"], 5), "prompts_by_domain must be a dict"),
 ])
 def test_bad_streams(args, message):
     with pytest.raises(ValueError, match=message):
@@ -115,10 +120,62 @@ def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer):
     (dict(loss="mse"), "loss"),
     (dict(keep_fraction=0), "keep_fraction"),
     (dict(keep_fraction=1.5), "keep_fraction"),
+    (dict(update_interval=2.0), "update_interval must be an integer >= 1, got 2.0"),
+    (dict(lr=float("nan")), "lr must be a finite number > 0, got nan"),
+    (dict(max_new_tokens=1), "max_new_tokens must be an integer >= 2, got 1"),
+    (dict(temperature=float("inf")), "temperature"),
+    (dict(keep_fraction=float("nan")), "keep_fraction"),
+    (dict(vocab_size=-1), "vocab_size"),
+    (dict(seed=-1), "seed"),
+    (dict(drafts={}), "drafts must be a model or a non-empty dict"),
 ])
 def test_bad_settings(pair, tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        OnlineSpeculativeDecoder(*pair, tokenizer, **kwargs)
+        if "drafts" in kwargs:
+            OnlineSpeculativeDecoder(pair[0], tokenizer=tokenizer, **kwargs)
+        else:
+            OnlineSpeculativeDecoder(*pair, tokenizer, **kwargs)
+
+
+def test_an_update_that_breaks_the_draft_is_undone(pair, tokenizer):
+    """Issue 13: lr=1e10 passed the finite-weights guard and every later query
+    failed. Now the guard also asks for finite logits on the batch it trained
+    on, and restores the weights and the optimiser state."""
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
+                                       max_new_tokens=12)
+    for domain, prompt in make_stream("iid", PROMPTS, 2):
+        decoder.serve(prompt, domain)
+    assert len(decoder.history["updates"]) == 1  # a good step: the optimiser has state
+    optimizer = decoder.optimizers["draft"]
+    weights = [p.clone() for p in draft.parameters()]
+    state = copy.deepcopy(optimizer.state_dict()["state"])
+    for group in optimizer.param_groups:
+        group["lr"] = 1e10
+    decoder.update()
+    assert decoder.history["skipped"] == [(2, "draft")]
+    assert all(torch.equal(a, b) for a, b in zip(weights, draft.parameters()))
+    after = optimizer.state_dict()["state"]
+    assert after.keys() == state.keys() and all(
+        torch.equal(after[i][k], state[i][k]) for i in state for k in state[i])
+    for domain, prompt in make_stream("iid", PROMPTS, 2, seed=1):  # still serving
+        assert isinstance(decoder.serve(prompt, domain), str)
+
+
+def test_learned_router_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    router = LearnedRouter(("sql", "math"), fallback="sql", vocab_size=10, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+    again = LearnedRouter(("sql", "math"), fallback="sql", vocab_size=10, seed=5)
+    assert torch.equal(router.classifier.weight, again.classifier.weight)
+    torch.manual_seed(5)  # the same weights as torch.nn.Linear after torch.manual_seed(seed)
+    assert torch.allclose(router.classifier.weight, torch.nn.Linear(10, 2).weight)
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        LearnedRouter(("sql", "math"), fallback="code", vocab_size=10)
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        OracleRouter(("sql", "math"), fallback="code")
 
 
 def test_several_drafts_with_routers(pair, tokenizer):

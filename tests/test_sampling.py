@@ -107,10 +107,32 @@ def test_get_device(monkeypatch):
     (dict(top_k=1.5), "top_k"),
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
+    (dict(top_k=2.0), "top_k must be an integer >= 0, got 2.0"),
+    (dict(top_k=True), "top_k"),
+    (dict(temperature=float("inf")), "temperature must be a finite number >= 0, got inf"),
+    (dict(top_p=float("nan")), "top_p"),
 ])
 def test_bad_sampling_args(kwargs, message):
     with pytest.raises(ValueError, match=message):
         logits_to_probs(torch.randn(5), **kwargs)
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=1e-40), dict(temperature=1e-320),
+                                      dict(top_p=1e-50), dict(temperature=1e-40, top_p=1e-50)])
+def test_extreme_temperature_and_top_p_give_the_argmax_not_nan(settings):
+    """Issue 13: these gave NaN. Their limit is the argmax (distinct logits here)."""
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.0], [40.0, -40.0, 0.0, 1.0]])
+    probs = logits_to_probs(logits, **settings)
+    assert torch.equal(probs, torch.nn.functional.one_hot(logits.argmax(-1), 4).float())
+
+
+def test_set_seed_and_sample_refuse_bad_input():
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        set_seed(-1)
+    with pytest.raises(ValueError, match="probs must be probabilities"):
+        sample(torch.tensor([0.5, 0.6]))  # not normalised: no silent renormalising
+    with pytest.raises(ValueError, match="logits must be a floating-point tensor"):
+        logits_to_probs(torch.tensor([1, 2, 3]))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

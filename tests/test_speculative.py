@@ -162,6 +162,15 @@ def test_sampled_output_is_distributed_as_target(settings, device):
     (dict(draft_len_policy="magic"), "draft_len_policy"),
     (dict(temperature=-1.0), "temperature"),
     (dict(max_new_tokens=0), "max_new_tokens"),
+    # issue 13: vocab_size=-1 changed the output; 2.0 passed and failed later
+    (dict(vocab_size=-1), "vocab_size must be an integer >= 1, got -1"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(vocab_size=96.0), "vocab_size must be an integer >= 1, got 96.0"),
+    (dict(draft_len=2.0), "draft_len must be an integer >= 1, got 2.0"),
+    (dict(draft_len=float("nan")), "draft_len"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(generator=0), "generator must be a torch.Generator or None, got int"),
+    (dict(record_target_logits="yes"), "record_target_logits"),
 ])
 def test_bad_arguments(kwargs, message):
     target = tiny_model("llama")

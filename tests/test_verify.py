@@ -3,6 +3,35 @@ import torch
 
 from osd_lab.verify import overlap, residual_distribution, verify
 
+P = torch.tensor([[[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]]])  # (1, 2, 3)
+Q = torch.tensor([[[0.2, 0.6, 0.2]]])  # (1, 1, 3)
+
+
+@pytest.mark.parametrize("p, q, tokens, message", [
+    (P * 2, Q, torch.tensor([[1]]), "p must be probabilities"),  # not normalised
+    (P, Q + torch.tensor([-0.4, 0.4, 0.0]), torch.tensor([[1]]), "q must be probabilities"),
+    (P, Q, torch.tensor([[3]]), r"draft_tokens must be token ids in \[0, 3\), got 3"),
+    (P, Q, torch.tensor([[1.0]]), "draft_tokens must be integer token ids"),
+    (P, Q, torch.tensor([[1, 2]]), "must have shapes"),
+    (P[:, :1], Q, torch.tensor([[1]]), "must have shapes"),
+    (P.long(), Q, torch.tensor([[1]]), "p must be a floating-point tensor"),
+    (P[0], Q, torch.tensor([[1]]), "p must have 3 dimensions"),
+])
+def test_bad_distributions_are_refused(p, q, tokens, message):
+    """Issue 13: verify accepted unnormalised and negative distributions."""
+    with pytest.raises(ValueError, match=message):
+        verify(p, q, tokens)
+
+
+def test_overlap_and_residual_refuse_bad_distributions():
+    p, q = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.2, 0.6, 0.2])
+    with pytest.raises(ValueError, match="q must be probabilities"):
+        overlap(p, q * 3)
+    with pytest.raises(ValueError, match="p and q must have the same shape"):
+        overlap(p, torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="p must be probabilities"):
+        residual_distribution(-p, q)
+
 
 def test_hand_computed_acceptance_and_residual(device):
     p = torch.tensor([0.5, 0.3, 0.2], device=device)
