@@ -27,7 +27,6 @@ is not built here. Taught in ``notebooks/08_bass``.
 """
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -147,35 +146,6 @@ class PaddedCache:
     def padding_fraction(self) -> float:
         """The share of cache slots that are padding or holes."""
         return 1 - self.mask.sum().item() / max(1, self.mask.numel())
-
-
-@torch.inference_mode()
-def measure_pass_time(model: PreTrainedModel, batch_size: int, num_tokens: int,
-                      prompt_len: int = 32, repeats: int = 10, cpu_time: bool = False) -> float:
-    """Seconds of one forward pass over ``(batch_size, num_tokens)`` new tokens
-    after a cached prompt of ``prompt_len``: the fastest of ``repeats``.
-
-    A target pass of a batched speculative step reads B x (gamma + 1) tokens;
-    this is what that costs next to B x 1 (``num_tokens=1``). ``cpu_time``
-    counts this process's CPU time instead of wall time (for a CPU model run
-    with one thread: other programs' load does not inflate it).
-    """
-    if cpu_time and (model.device.type != "cpu" or torch.get_num_threads() != 1):
-        raise ValueError("cpu_time=True needs a model on the CPU and torch.set_num_threads(1)")
-
-    def now():
-        return time.process_time() if cpu_time else clock(model.device)
-
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len + num_tokens),
-                        generator=torch.Generator().manual_seed(0)).to(model.device)
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up and is dropped
-        cache = new_cache(model)
-        forward(model, ids[:, :prompt_len], cache)
-        start = now()
-        forward(model, ids[:, prompt_len:], cache)
-        times.append(now() - start)
-    return min(times[1:])  # the run least disturbed by other programs
 
 
 # -----------------------------------------------------------------------------

@@ -52,3 +52,9 @@ def rollback(cache: DynamicCache, num_tokens: int) -> None:
 def keep_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
     """Keep only the batch rows ``rows`` (indices ``(B',)``) in every layer of ``cache``."""
     cache.batch_select_indices(rows)
+
+
+def cached_keys_values(cache, layer_index: int):
+    """The keys and values ``(B, H_kv, S, D)`` that ``cache`` holds for one layer."""
+    layer = cache.layers[layer_index]
+    return layer.keys, layer.values

@@ -8,11 +8,15 @@ gamma, and cost ratio c = (draft step time) / (target step time):
   (1 - alpha^(gamma + 1)) / ((1 - alpha) (gamma c + 1))
 
 The model assumes the target verifies gamma + 1 tokens as fast as it decodes
-one; ``measure_verify_ratio`` measures how true that is on your device.
-Taught in ``notebooks/03_when_is_it_fast``.
+one; ``measure_verify_ratio`` measures how true that is on your device, from
+``measure_pass_time`` (one forward pass over B x n new tokens, also used for
+batches in ``notebooks/08_bass``). Taught in ``notebooks/03_when_is_it_fast``.
 """
 
+import time
+
 import torch
+from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, new_cache
 from osd_lab.checks import check_float, check_int
@@ -49,6 +53,35 @@ def measure_cost_ratio(pair) -> float:
 
 
 @torch.inference_mode()
+def measure_pass_time(model: PreTrainedModel, batch_size: int, num_tokens: int,
+                      prompt_len: int = 32, repeats: int = 10, cpu_time: bool = False) -> float:
+    """Seconds of one forward pass over ``(batch_size, num_tokens)`` new tokens
+    after a cached prompt of ``prompt_len``: the fastest of ``repeats``.
+
+    A target pass of a batched speculative step reads B x (gamma + 1) tokens;
+    this is what that costs next to B x 1 (``num_tokens=1``). ``cpu_time``
+    counts this process's CPU time instead of wall time (for a CPU model run
+    with one thread: other programs' load does not inflate it).
+    """
+    if cpu_time and (model.device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("cpu_time=True needs a model on the CPU and torch.set_num_threads(1)")
+
+    def now():
+        return time.process_time() if cpu_time else clock(model.device)
+
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len + num_tokens),
+                        generator=torch.Generator().manual_seed(0)).to(model.device)
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up and is dropped
+        cache = new_cache(model)
+        forward(model, ids[:, :prompt_len], cache)
+        start = now()
+        forward(model, ids[:, prompt_len:], cache)
+        times.append(now() - start)
+    return min(times[1:])  # the run least disturbed by other programs
+
+
+@torch.inference_mode()
 def measure_verify_ratio(model, num_tokens: int, prompt_len: int = 32, repeats: int = 20) -> float:
     """Time of one forward pass over ``num_tokens`` new tokens / one over a single token.
 
@@ -62,18 +95,5 @@ def measure_verify_ratio(model, num_tokens: int, prompt_len: int = 32, repeats: 
     if limit is not None and prompt_len + num_tokens > limit:
         raise ValueError(f"prompt_len + num_tokens must be <= the model's context of {limit} "
                          f"tokens, got {prompt_len} + {num_tokens}")
-    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len + num_tokens),
-                        generator=torch.Generator().manual_seed(0)).to(model.device)
-
-    def time_pass(n):
-        times = []
-        for _ in range(repeats):
-            cache = new_cache(model)
-            forward(model, ids[:, :prompt_len], cache)
-            start = clock(model.device)
-            forward(model, ids[:, prompt_len:prompt_len + n], cache)
-            times.append(clock(model.device) - start)
-        return min(times)  # the run least disturbed by other programs
-
-    time_pass(1)  # warm up
-    return time_pass(num_tokens) / time_pass(1)
+    return (measure_pass_time(model, 1, num_tokens, prompt_len, repeats)
+            / measure_pass_time(model, 1, 1, prompt_len, repeats))

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from osd_lab.streaming import (STREAMS_DIR, check_base_model, check_int, load_weights,
-                               load_zoo_target, main_stream, saved_settings)
+from osd_lab.checks import check_int
+from osd_lab.streaming import (STREAMS_DIR, check_base_model, load_weights, load_zoo_target,
+                               main_stream, saved_settings)
 
 
 class MedusaHeads(nn.Module):
@@ -27,7 +28,8 @@ class MedusaHeads(nn.Module):
     def __init__(self, base: PreTrainedModel, gamma: int):
         super().__init__()
         check_base_model(base)
-        self.gamma = check_int("gamma", gamma, 1)
+        check_int("gamma", gamma, 1)
+        self.gamma = int(gamma)
         width = base.config.hidden_size
         self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(self.gamma))
         for block in self.blocks:  # start as the next-token head (SiLU(0) = 0)

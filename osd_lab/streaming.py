@@ -32,7 +32,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-from osd_lab.cache import forward, new_cache, rollback
+from osd_lab.cache import cached_keys_values, forward, new_cache, rollback
+from osd_lab.checks import check_int
 from osd_lab.decoding import GenerationOutput, check_prompt, clock
 from osd_lab.models import ZOO_DIR
 from osd_lab.sampling import check_sampling_args, get_device, logits_to_probs, sample
@@ -41,15 +42,6 @@ from osd_lab.verify import overlap, verify
 SUPPORTED_MODEL_TYPES = ("llama",)  # LlamaForCausalLM
 ADAPTED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STREAMS_DIR = ZOO_DIR / "streams"
-
-
-def check_int(name: str, value, low: int, high: int | None = None) -> int:
-    """``value`` as an int in ``[low, high]``, or a ``ValueError`` naming ``name``."""
-    allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-            or value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
-    return int(value)
 
 
 def check_base_model(base: PreTrainedModel) -> None:
@@ -121,10 +113,12 @@ class Streams(nn.Module):
         super().__init__()
         check_base_model(base)
         config = base.config
-        self.gamma = check_int("gamma", gamma, 1)
-        self.num_stream_layers = check_int("num_stream_layers", num_stream_layers, 1,
-                                           config.num_hidden_layers)
-        self.adapter_rank = check_int("adapter_rank", adapter_rank, 0)
+        check_int("gamma", gamma, 1)
+        self.gamma = int(gamma)
+        check_int("num_stream_layers", num_stream_layers, 1, config.num_hidden_layers)
+        self.num_stream_layers = int(num_stream_layers)
+        check_int("adapter_rank", adapter_rank, 0)
+        self.adapter_rank = int(adapter_rank)
         self.stream_embeddings = nn.Parameter(0.02 * torch.randn(gamma, config.hidden_size))
         self.adapters = nn.ModuleList()  # one ModuleDict per stream layer (empty: rank 0)
         if adapter_rank:
@@ -138,12 +132,6 @@ class Streams(nn.Module):
     def settings(self) -> dict:
         return dict(gamma=self.gamma, num_stream_layers=self.num_stream_layers,
                     adapter_rank=self.adapter_rank)
-
-
-def cached_keys_values(cache, layer_index: int):
-    """The keys and values ``(B, H_kv, S, D)`` that ``cache`` holds for one layer."""
-    layer = cache.layers[layer_index]
-    return layer.keys, layer.values
 
 
 def main_stream(base, input_ids, cache, main_mask=None, position_ids=None):
@@ -410,8 +398,9 @@ def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float
     """
     input_ids = check_prompt(model.base, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
-    draft_len = model.gamma if draft_len is None else check_int("draft_len", draft_len, 1,
-                                                                 model.gamma)
+    if draft_len is None:
+        draft_len = model.gamma
+    check_int("draft_len", draft_len, 1, model.gamma)
     if tree_nodes is not None:
         check_int("tree_nodes", tree_nodes, 1)
         check_int("tree_width", tree_width, 1, model.base.config.vocab_size)

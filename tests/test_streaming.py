@@ -221,7 +221,7 @@ def test_unsupported_architecture(arch):
     (dict(tree_nodes=0), "tree_nodes must be an integer >= 1"),
     (dict(tree_nodes=4, tree_width=0), "tree_width must be an integer in"),
     (dict(tree_nodes=4, temperature=1.0), "tree_nodes needs temperature=0"),
-    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(temperature=-1.0), "temperature must be"),
 ])
 def test_bad_generate_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
