@@ -1,1 +1,61 @@
-"""osd_lab: speculative decoding, from scratch to an online speculative decoder."""
+"""osd_lab: speculative decoding, from scratch to an online speculative decoder.
+
+    import osd_lab as osd
+    pair = osd.load_pair("zoo")
+    out = osd.speculative_generate(pair.target, pair.draft, ids, max_new_tokens=32)
+
+These names are the package's public API, the README's module table. The
+plots and the dashboard are imported on first use, so that ``import osd_lab``
+needs neither matplotlib nor ipywidgets (a GPU machine may lack them).
+"""
+
+import importlib
+
+from osd_lab.batched import (bass_draft_len, batched_autoregressive_generate,
+                             batched_speculative_generate)
+from osd_lab.cache import keep_rows, new_cache, rollback
+from osd_lab.checks import ArgumentError
+from osd_lab.cost import (expected_tokens_per_step, measure_cost_ratio, measure_pass_time,
+                          measure_verify_ratio, optimal_draft_len, speedup)
+from osd_lab.decoding import (GenerationOutput, autoregressive_generate, clock,
+                              speculative_generate)
+from osd_lab.distill import acceptance_rate, adaspec, cut_prompts, distill
+from osd_lab.divergences import forward_kl, jsd, masked_mean, reverse_kl, tvd
+from osd_lab.medusa import MedusaHeads, MedusaModel, load_medusa_model
+from osd_lab.metrics import (acceptance_along_greedy, alpha_on_documents, decode_step_time,
+                             perplexity)
+from osd_lab.models import ModelPair, load_pair
+from osd_lab.online import LearnedRouter, OnlineSpeculativeDecoder, OracleRouter, make_stream
+from osd_lab.sampling import get_device, logits_to_probs, sample, set_seed
+from osd_lab.side_by_side import time_side_by_side
+from osd_lab.streaming import (StreamingModel, Streams, load_streaming_model,
+                               multi_stream_mask, streaming_generate)
+from osd_lab.verify import Verification, overlap, residual_distribution, verify
+
+_LAZY = {"plot_alpha": "plots", "plot_tau": "plots", "Dashboard": "dashboard"}
+
+__all__ = sorted([
+    "ArgumentError", "GenerationOutput", "LearnedRouter", "MedusaHeads", "MedusaModel",
+    "ModelPair", "OnlineSpeculativeDecoder", "OracleRouter", "StreamingModel", "Streams",
+    "Verification", "acceptance_along_greedy", "acceptance_rate", "adaspec",
+    "alpha_on_documents", "autoregressive_generate", "bass_draft_len",
+    "batched_autoregressive_generate", "batched_speculative_generate", "clock", "cut_prompts",
+    "decode_step_time", "distill", "expected_tokens_per_step", "forward_kl", "get_device",
+    "jsd", "keep_rows", "load_medusa_model", "load_pair", "load_streaming_model",
+    "logits_to_probs", "make_stream", "masked_mean", "measure_cost_ratio",
+    "measure_pass_time", "measure_verify_ratio", "multi_stream_mask", "new_cache",
+    "optimal_draft_len", "overlap", "perplexity", "residual_distribution", "reverse_kl",
+    "rollback", "sample", "set_seed", "speculative_generate", "speedup",
+    "streaming_generate", "time_side_by_side", "tvd", "verify", *_LAZY])
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'osd_lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"osd_lab.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
