@@ -160,3 +160,22 @@ def exact_target_distribution(target, prompt, length, settings):
         step = logits_to_probs(logits, **settings)
         probs[seq] = math.prod(step[i, t].item() for i, t in enumerate(seq))
     return probs
+
+
+def chi_square_p_value(exact: dict, counts: dict, runs: int) -> float:
+    """Pearson's test of ``counts`` (sequence -> draws, ``runs`` in all) against
+    the ``exact`` probabilities, cells merged until each expects >= 5 draws.
+    A draw of an impossible sequence fails at once."""
+    assert all(counts[s] == 0 for s, p in exact.items() if p == 0), "impossible draw"
+    cells = sorted((p * runs, counts[s]) for s, p in exact.items() if p > 0)
+    merged, expected_acc, observed_acc = [], 0.0, 0
+    for expected, observed in cells:
+        expected_acc, observed_acc = expected_acc + expected, observed_acc + observed
+        if expected_acc >= 5:
+            merged.append((expected_acc, observed_acc))
+            expected_acc, observed_acc = 0.0, 0
+    if expected_acc:
+        merged[-1] = (merged[-1][0] + expected_acc, merged[-1][1] + observed_acc)
+    chi2 = sum((o - e) ** 2 / e for e, o in merged)
+    dof = len(merged) - 1
+    return torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(chi2 / 2)).item()

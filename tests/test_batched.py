@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from conftest import ARCHITECTURES, exact_target_distribution, noisy_copy, tiny_model
+from conftest import (ARCHITECTURES, chi_square_p_value, exact_target_distribution, noisy_copy,
+                      tiny_model)
 from osd_lab.__main__ import main
 from osd_lab.batched import (BASS_LIMIT, BASS_START, bass_draft_len,
                              batched_autoregressive_generate, batched_speculative_generate)
@@ -144,18 +145,8 @@ def test_sampled_rows_are_distributed_as_target():
         counts = dict.fromkeys(exact, 0)
         for tokens in out.tokens[start::2]:
             counts[tuple(tokens.tolist())] += 1
-        cells = sorted((p * copies, counts[s]) for s, p in exact.items())
-        merged, acc = [], [0.0, 0]
-        for expected, observed in cells:  # merge rare cells: expected counts >= 5
-            acc = [acc[0] + expected, acc[1] + observed]
-            if acc[0] >= 5:
-                merged.append(acc)
-                acc = [0.0, 0]
-        merged[-1] = [merged[-1][0] + acc[0], merged[-1][1] + acc[1]]
-        chi2 = sum((o - e) ** 2 / e for e, o in merged)
-        dof = len(merged) - 1
-        p_value = torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(chi2 / 2)).item()
-        assert p_value > 0.001, (prompt, chi2, dof)
+        p_value = chi_square_p_value(exact, counts, copies)
+        assert p_value > 0.001, (prompt, p_value)
 
 
 def test_bad_input():

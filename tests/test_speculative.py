@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from conftest import exact_target_distribution, ARCHITECTURES, noisy_copy, tiny_model, zoo_on
+from conftest import (ARCHITECTURES, chi_square_p_value, exact_target_distribution, noisy_copy,
+                      tiny_model, zoo_on)
 from osd_lab.decoding import autoregressive_generate, speculative_generate
 
 
@@ -138,21 +139,8 @@ def test_sampled_output_is_distributed_as_target(settings, device):
         counts[tuple(out.tokens.tolist())] += 1
         rejections += out.stats["accepted"][0] < 2
     assert rejections > runs * 0.2  # the residual path is exercised
-    assert all(counts[s] == 0 for s, p in exact.items() if p == 0)
-    # merge rare cells so every expected count is >= 5
-    cells = sorted((p * runs, counts[s]) for s, p in exact.items() if p > 0)
-    merged, expected_acc, observed_acc = [], 0.0, 0
-    for expected, observed in cells:
-        expected_acc, observed_acc = expected_acc + expected, observed_acc + observed
-        if expected_acc >= 5:
-            merged.append((expected_acc, observed_acc))
-            expected_acc, observed_acc = 0.0, 0
-    if expected_acc:
-        merged[-1] = (merged[-1][0] + expected_acc, merged[-1][1] + observed_acc)
-    chi2 = sum((o - e) ** 2 / e for e, o in merged)
-    dof = len(merged) - 1
-    p_value = torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(chi2 / 2)).item()
-    assert p_value > 0.001, (chi2, dof)
+    p_value = chi_square_p_value(exact, counts, runs)
+    assert p_value > 0.001, p_value
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import chi_square_p_value, tiny_model
 from test_speculative import exact_target_distribution
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -120,22 +120,6 @@ def test_eos_stops_and_is_kept():
     for tree_nodes in (None, 4):
         out = streaming_generate(model, ids, 12, eos_token_id=eos, tree_nodes=tree_nodes)
         assert torch.equal(out.tokens, expected)
-
-
-def chi_square_p_value(exact: dict, counts: dict, runs: int) -> float:
-    """Pearson's test, cells merged until each expects >= 5 draws."""
-    cells = sorted((p * runs, counts[s]) for s, p in exact.items() if p > 0)
-    merged, expected_acc, observed_acc = [], 0.0, 0
-    for expected, observed in cells:
-        expected_acc, observed_acc = expected_acc + expected, observed_acc + observed
-        if expected_acc >= 5:
-            merged.append((expected_acc, observed_acc))
-            expected_acc, observed_acc = 0.0, 0
-    if expected_acc:
-        merged[-1] = (merged[-1][0] + expected_acc, merged[-1][1] + observed_acc)
-    chi2 = sum((o - e) ** 2 / e for e, o in merged)
-    dof = len(merged) - 1
-    return torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(chi2 / 2)).item()
 
 
 @pytest.mark.exactness
