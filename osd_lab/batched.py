@@ -57,13 +57,14 @@ def bass_draft_len(draft_len: int, max_accepted: int, shrinking: bool) -> tuple[
     If some row accepted every drafted token (``max_accepted == draft_len``) the
     length grows by ``BASS_INCREASE`` up to ``BASS_LIMIT``; otherwise it shrinks
     by ceil(draft_len / ``BASS_MOD``), and by one more when the previous step
-    shrank too (``shrinking``), never below 1. Returns the new length and
-    whether this step shrank.
+    shrank too (``shrinking``), but never below what the best row accepted,
+    nor below 1: l = max(1, x, l - ceil(l / l_mod) - s). Returns the new
+    length and whether this step shrank.
     """
     if max_accepted == draft_len:
         return min(draft_len + BASS_INCREASE, BASS_LIMIT), False
     shrink = math.ceil(draft_len / BASS_MOD) + int(shrinking)
-    return max(1, draft_len - shrink), True
+    return max(1, max_accepted, draft_len - shrink), True
 
 
 def check_prompts(models, prompts, max_new_tokens: int) -> list:

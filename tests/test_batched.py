@@ -122,6 +122,8 @@ def test_bass_schedule():
     assert bass_draft_len(8, 3, True) == (6, True)  # 1 + 1 after a shrink
     assert bass_draft_len(25, 0, False) == (22, True)  # ceil(25 / 10) = 3
     assert bass_draft_len(1, 0, True) == (1, True)  # never below 1
+    assert bass_draft_len(11, 10, True) == (10, True)  # nor below the best row's accepted
+    assert bass_draft_len(9, 8, False) == (8, True)
 
 
 @pytest.mark.exactness
