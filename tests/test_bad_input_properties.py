@@ -16,8 +16,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis", reason="hypothesis is a test extra (make test installs it; "
+                    "make test-min does not)")
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from conftest import TINY_VOCAB, noisy_copy, tiny_model
 from osd_lab.cost import expected_tokens_per_step, optimal_draft_len, speedup
