@@ -178,7 +178,8 @@ def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tok
     while len(rows):
         logits = state.read(step_ids, step_mask)[:, -1]  # (b, V)
         passes += 1
-        tokens = sample(logits_to_probs(logits, temperature, top_k, top_p), generator)  # (b,)
+        tokens = sample(logits_to_probs(logits, temperature, top_k, top_p), generator,
+                        validate=False)  # (b,)
         done = []
         for i, row in enumerate(rows.tolist()):
             new_tokens[row].append(tokens[i])
@@ -280,7 +281,7 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
         draft_input, draft_input_mask = draft_pending, draft_pending_mask
         for _ in range(g):
             q_i = probs(draft_state.read(draft_input, draft_input_mask)[:, -1])  # (b, V)
-            x_i = sample(q_i, generator)  # (b,)
+            x_i = sample(q_i, generator, validate=False)  # (b,)
             drafted.append(x_i)
             q.append(q_i)
             draft_input, draft_input_mask = x_i[:, None], torch.ones_like(x_i[:, None])
@@ -294,12 +295,12 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
         # 3. each row keeps its own prefix of the draft, then one token from the target
         if g:
             q = torch.stack(q, 1)  # (b, g, V)
-            result = verify(p, q, drafted, generator)
+            result = verify(p, q, drafted, generator, validate=False)
             accepted, next_token = result.num_accepted, result.next_token  # (b,), (b,)
-            alpha = overlap(p[:, :g], q).tolist()  # (b, g)
+            alpha = overlap(p[:, :g], q, validate=False).tolist()  # (b, g)
         else:
             accepted = torch.zeros(b, dtype=torch.long, device=device)
-            next_token = sample(p[:, 0], generator)
+            next_token = sample(p[:, 0], generator, validate=False)
             alpha = [[] for _ in range(b)]
         # 4. ragged acceptance: each row keeps its slots, the others become holes
         target_state.keep_last(g + 1, accepted + 1)  # pending + x_1..x_n of g + 1 read

@@ -127,7 +127,8 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
         # 1. one forward pass: only the last position's logits matter
         logits = forward(model, step_input, cache, use_cache=use_cache).logits[:, -1]
         # 2. logits -> probabilities -> one token, shape (1,)
-        token = sample(logits_to_probs(logits, temperature, top_k, top_p), generator)
+        token = sample(logits_to_probs(logits, temperature, top_k, top_p), generator,
+                       validate=False)  # checked once, above
         new_tokens.append(token)
         sequence = torch.cat([sequence, token[:, None]], dim=1)
         # 3. with a cache the next pass reads one token; without, everything
@@ -245,7 +246,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         draft_input = draft_pending
         for _ in range(g):
             q_i = probs(forward(draft, draft_input, draft_cache).logits[:, -1])
-            x_i = sample(q_i, generator)  # (1,)
+            x_i = sample(q_i, generator, validate=False)  # (1,)
             drafted.append(x_i)
             q.append(q_i)
             draft_input = x_i[:, None]
@@ -259,14 +260,14 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         stats["target_calls"] += 1
         # 3. keep a prefix of the draft, then one token from the target
         if g:
-            result = verify(p, q, drafted, generator)
+            result = verify(p, q, drafted, generator, validate=False)
             n, next_token = int(result.num_accepted), result.next_token
-            stats["alpha"].append(overlap(p[0, :g], q[0]).tolist())
+            stats["alpha"].append(overlap(p[0, :g], q[0], validate=False).tolist())
             stats["decided_alpha"] += stats["alpha"][-1][:n + 1]  # accepted + first rejected
             if n < g:  # the target overruled the draft here
                 stats["corrections"].append(num_new + n)
         else:
-            n, next_token = 0, sample(p[:, 0], generator)
+            n, next_token = 0, sample(p[:, 0], generator, validate=False)
         stats["accepted"].append(n)
         if record_target_logits:  # the rows that predicted the n + 1 kept tokens
             stats["target_logits"].append(target_logits[0, :n + 1, :vocab_size])

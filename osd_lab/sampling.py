@@ -101,10 +101,17 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
     return probs
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one token id per row from ``probs`` ``(..., V)``; returns ``(...)``."""
-    check_probs("probs", probs)
-    check_generator(generator, probs.device, "the tensor probs is")
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None,
+           validate: bool = True) -> torch.Tensor:
+    """Draw one token id per row from ``probs`` ``(..., V)``; returns ``(...)``.
+
+    validate=False skips the input checks (each a device sync and a pass over
+    the vocabulary): the decoders use it for probabilities that
+    ``logits_to_probs`` has just made, in their hot loops.
+    """
+    if validate:
+        check_probs("probs", probs)
+        check_generator(generator, probs.device, "the tensor probs is")
     flat = probs.reshape(-1, probs.shape[-1])
     tokens = torch.multinomial(flat, 1, generator=generator)  # (N, 1)
     return tokens.reshape(probs.shape[:-1])

@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 from osd_lab.cache import cached_keys_values, forward, new_cache, rollback
-from osd_lab.checks import check_int
+from osd_lab.checks import check_generator, check_int
 from osd_lab.decoding import GenerationOutput, check_prompt, clock
 from osd_lab.models import ZOO_DIR
 from osd_lab.sampling import check_sampling_args, get_device, logits_to_probs, sample
@@ -398,6 +398,7 @@ def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float
     """
     input_ids = check_prompt(model.base, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
+    check_generator(generator, model.base.device)
     if draft_len is None:
         draft_len = model.gamma
     check_int("draft_len", draft_len, 1, model.gamma)
@@ -458,11 +459,12 @@ def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float
         chain_tokens = drafted[chain - 1][None]  # (1, G)
         if len(chain):
             p_chain = p[:, torch.cat([chain.new_zeros(1), chain])]  # (1, G + 1, V)
-            result = verify(p_chain, q[:, chain - 1], chain_tokens, generator)
+            result = verify(p_chain, q[:, chain - 1], chain_tokens, generator, validate=False)
             n, next_token = int(result.num_accepted), result.next_token
-            stats["decided_alpha"] += overlap(p_chain[0, :-1], q[0, chain - 1])[:n + 1].tolist()
+            stats["decided_alpha"] += overlap(p_chain[0, :-1], q[0, chain - 1],
+                                             validate=False)[:n + 1].tolist()
         else:
-            n, next_token = 0, sample(p[:, 0], generator)
+            n, next_token = 0, sample(p[:, 0], generator, validate=False)
         stats["accepted"].append(n)
         stats["draft_lens"].append(num_drafted)
         step_tokens = torch.cat([chain_tokens[0, :n], next_token])  # (n + 1,)
@@ -480,7 +482,7 @@ def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float
         stream_logits = draft_logits[0, last_kept, :draft_len]  # (draft_len, V)
         if tree_nodes is None:
             q = probs(stream_logits)[None]  # (1, draft_len, V)
-            drafted = sample(q, generator)[0]  # (draft_len,)
+            drafted = sample(q, generator, validate=False)[0]  # (draft_len,)
         else:
             drafted, parents, depths = (t.to(model.device) for t in
                                         draft_tree(stream_logits, tree_width, tree_nodes))
