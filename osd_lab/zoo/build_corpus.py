@@ -71,7 +71,8 @@ def top_level_blocks(path):
 
 
 def code_prompt(text, node):
-    """The ``def``/``class`` line(s) plus the first docstring line, or None.
+    """The ``def``/``class`` line(s) plus the first docstring line, cut inside
+    its words (inside the document), or None.
 
     Returns None when that would be more than 3 lines, or would leave fewer
     than 60 characters to predict.
@@ -86,10 +87,17 @@ def code_prompt(text, node):
     lines = text.split("\n")[: end - start + 1]
     while not lines[-1].strip():  # drop blank lines before the body
         lines.pop()
-    prompt = "\n".join(lines) + "\n"
-    if len(lines) > 3 or len(text) - len(prompt) < 60:
+    if len(lines) > 3 or len(text) - len("\n".join(lines) + "\n") < 60:
         return None
-    return prompt
+    # Cut the last line after the first half of its words (at least 2): to a
+    # model trained on whole documents, a prompt that ends with a newline
+    # after the header reads like the end of one (the zoo target then writes
+    # end-of-text at once, and the next document is as likely SQL as code).
+    word_ends = [m.end() for m in re.finditer(r"\w+", lines[-1])]
+    if word_ends:
+        keep = min(len(word_ends), max(2, (len(word_ends) + 1) // 2))
+        lines[-1] = lines[-1][: word_ends[keep - 1]]
+    return "\n".join(lines)
 
 
 def build_code(seed=SEED):
