@@ -35,7 +35,8 @@ import torch
 from osd_lab.batched import (batched_autoregressive_generate, batched_speculative_generate,
                              left_pad)
 from osd_lab.cost import measure_pass_time
-from osd_lab.decoding import autoregressive_generate, clock, speculative_generate
+from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.timing import clock
 from osd_lab.models import load_pair
 from osd_lab.zoo.corpus import load_corpus
 

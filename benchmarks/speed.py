@@ -32,7 +32,8 @@ import torch
 
 from osd_lab.cost import (expected_tokens_per_step, measure_cost_ratio, measure_verify_ratio,
                           speedup)
-from osd_lab.decoding import autoregressive_generate, clock, speculative_generate
+from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.timing import clock
 from osd_lab.models import load_pair
 from osd_lab.sampling import get_device
 from osd_lab.zoo.corpus import load_corpus

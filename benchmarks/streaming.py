@@ -27,7 +27,7 @@ from osd_lab.decoding import autoregressive_generate, speculative_generate
 from osd_lab.medusa import load_medusa_model
 from osd_lab.models import load_pair
 from osd_lab.sampling import get_device
-from osd_lab.side_by_side import time_side_by_side
+from osd_lab.timing import time_side_by_side
 from osd_lab.streaming import load_streaming_model, streaming_generate
 from osd_lab.zoo.corpus import DOMAINS, load_corpus
 

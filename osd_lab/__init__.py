@@ -17,8 +17,7 @@ from osd_lab.cache import keep_rows, new_cache, rollback
 from osd_lab.checks import ArgumentError
 from osd_lab.cost import (expected_tokens_per_step, measure_cost_ratio, measure_pass_time,
                           measure_verify_ratio, optimal_draft_len, speedup)
-from osd_lab.decoding import (GenerationOutput, autoregressive_generate, clock,
-                              speculative_generate)
+from osd_lab.decoding import GenerationOutput, autoregressive_generate, speculative_generate
 from osd_lab.distill import acceptance_rate, adaspec, cut_prompts, distill
 from osd_lab.divergences import forward_kl, jsd, masked_mean, reverse_kl, tvd
 from osd_lab.medusa import MedusaHeads, MedusaModel, load_medusa_model
@@ -27,7 +26,7 @@ from osd_lab.metrics import (acceptance_along_greedy, alpha_on_documents, decode
 from osd_lab.models import ModelPair, load_pair
 from osd_lab.online import LearnedRouter, OnlineSpeculativeDecoder, OracleRouter, make_stream
 from osd_lab.sampling import get_device, logits_to_probs, sample, set_seed
-from osd_lab.side_by_side import time_side_by_side
+from osd_lab.timing import clock, time_side_by_side
 from osd_lab.streaming import (StreamingModel, Streams, load_streaming_model,
                                multi_stream_mask, streaming_generate)
 from osd_lab.verify import Verification, overlap, residual_distribution, verify

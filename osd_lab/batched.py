@@ -33,9 +33,11 @@ import torch
 from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, keep_rows, new_cache, rollback
-from osd_lab.checks import check_choice, check_generator
-from osd_lab.decoding import check_pair, check_prompt, clock, context_length, next_draft_len
+from osd_lab.checks import check_choice, check_generator, check_int
+from osd_lab.decoding import check_pair, check_prompt, context_length
+from osd_lab.policies import next_draft_len
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
+from osd_lab.timing import clock
 from osd_lab.verify import overlap, verify
 
 # BASS Algorithm 1: start length, increase, limit, and the divisor of the decrease
@@ -239,7 +241,8 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
     check_choice("draft_len_policy", draft_len_policy, BATCH_DRAFT_LEN_POLICIES)
     if draft_len is None:
         draft_len = BASS_START if draft_len_policy == "bass" else 4
-    vocab_size = check_pair(target, draft, draft_len, "constant", vocab_size)
+    vocab_size = check_pair(target, draft, vocab_size)
+    check_int("draft_len", draft_len, low=1)
     prompts = check_prompts([target, draft], prompts, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     check_generator(generator, target.device, "the models are")

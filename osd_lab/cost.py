@@ -14,14 +14,17 @@ batches in ``notebooks/08_bass``). Taught in ``notebooks/03_when_is_it_fast``.
 """
 
 import time
+import weakref
 
 import torch
 from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, new_cache
 from osd_lab.checks import check_float, check_int
-from osd_lab.decoding import clock, context_length
+from osd_lab.decoding import context_length
+from osd_lab.timing import clock
 from osd_lab.metrics import decode_step_time
+from osd_lab.policies import SpeculationCosts
 
 MAX_DRAFT_LEN = 1024  # optimal_draft_len searches no further
 
@@ -97,3 +100,45 @@ def measure_verify_ratio(model, num_tokens: int, prompt_len: int = 32, repeats: 
                          f"tokens, got {prompt_len} + {num_tokens}")
     return (measure_pass_time(model, 1, num_tokens, prompt_len, repeats)
             / measure_pass_time(model, 1, 1, prompt_len, repeats))
+
+
+COST_TOKENS = (1, 2, 3, 5, 9, 17)  # verify cost measured at these, interpolated between
+_COSTS = weakref.WeakKeyDictionary()  # target -> {draft: SpeculationCosts}
+
+
+def _interpolate(points: dict, n: int) -> float:
+    """Linear interpolation of ``{tokens: cost}`` at ``n`` (within its range)."""
+    low = max(k for k in points if k <= n)
+    high = min(k for k in points if k >= n)
+    if low == high:
+        return points[low]
+    return points[low] + (points[high] - points[low]) * (n - low) / (high - low)
+
+
+@torch.inference_mode()
+def measure_costs(target: PreTrainedModel, draft: PreTrainedModel, prompt_len: int = 32,
+                  repeats: int = 5, cached: bool = True) -> SpeculationCosts:
+    """The costs the goodput policy weighs (``osd_lab.policies``), measured.
+
+    c = one draft pass / one target pass, and the target's pass over n = 1..17
+    new tokens / its one-token pass (measured at ``COST_TOKENS``, linear in
+    between, and made non-decreasing: noise must not make 3 tokens look
+    cheaper than 2). Each pass is the fastest of ``repeats``. About 1 s on
+    the zoo; ``cached`` keeps the answer per (target, draft) for the session.
+    """
+    check_int("prompt_len", prompt_len, low=1)
+    check_int("repeats", repeats, low=1)
+    known = _COSTS.setdefault(target, weakref.WeakKeyDictionary())
+    if cached and draft in known:
+        return known[draft]
+    limit = context_length(target)
+    tokens = [n for n in COST_TOKENS if limit is None or prompt_len + n <= limit]
+    times = {n: measure_pass_time(target, 1, n, prompt_len, repeats) for n in tokens}
+    one = times[1]
+    verify = [1.0]
+    for n in range(2, tokens[-1] + 1):  # non-decreasing, starting at exactly 1
+        verify.append(max(verify[-1], _interpolate(times, n) / one))
+    costs = SpeculationCosts(measure_pass_time(draft, 1, 1, prompt_len, repeats) / one,
+                             tuple(verify))
+    known[draft] = costs
+    return costs

@@ -11,7 +11,6 @@
 """
 
 import numbers
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +18,10 @@ from transformers import PreTrainedModel
 from osd_lab.cache import forward, new_cache, rollback
 from osd_lab.checks import check_choice, check_generator, check_int, check_token_ids
 from osd_lab.models import output_vocab_size
+from osd_lab.policies import (DRAFT_LEN_POLICIES, GoodputPolicy, SpeculationCosts,
+                              check_stop_rule, next_draft_len, should_stop)
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
+from osd_lab.timing import clock
 from osd_lab.verify import overlap, verify
 
 
@@ -84,15 +86,6 @@ def first_eos(tokens: torch.Tensor, eos_ids: torch.Tensor | None) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
-def clock(device: torch.device) -> float:
-    """Wall time in seconds, after waiting for work queued on a GPU (CUDA or MPS)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-    return time.perf_counter()
-
-
 @torch.inference_mode()
 def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: int,
                             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -145,24 +138,11 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
 # -----------------------------------------------------------------------------
 # speculative decoding
 
-DRAFT_LEN_POLICIES = ("constant", "heuristic")
+DEFAULT_DRAFT_LEN = {"constant": 4, "heuristic": 4, "goodput": 16}  # goodput: the most
 
 
-def next_draft_len(policy: str, draft_len: int, num_accepted: int) -> int:
-    """The draft length for the next step.
-
-    "constant" keeps it; "heuristic" (transformers' assisted generation) adds 2
-    after a fully accepted block and removes 1 (down to 1) otherwise.
-    """
-    if policy == "heuristic":
-        return draft_len + 2 if num_accepted == draft_len else max(1, draft_len - 1)
-    return draft_len
-
-
-def check_pair(target, draft, draft_len, draft_len_policy, vocab_size):
+def check_pair(target, draft, vocab_size):
     """Validate a (target, draft) pair; return the vocabulary size both score."""
-    check_int("draft_len", draft_len, low=1)
-    check_choice("draft_len_policy", draft_len_policy, DRAFT_LEN_POLICIES)
     if target.device != draft.device:
         raise ValueError(f"target is on {target.device} but draft on {draft.device}: "
                          f"move both to one device, e.g. draft.to(target.device)")
@@ -181,19 +161,54 @@ def check_pair(target, draft, draft_len, draft_len_policy, vocab_size):
     return vocab_size
 
 
+def make_policy(target, draft, draft_len_policy, draft_len, costs):
+    """Validate a draft-length policy; return ``(policy, draft_len)`` where
+    policy is the name or, for "goodput", a fresh ``GoodputPolicy``."""
+    if isinstance(draft_len_policy, GoodputPolicy):
+        if costs is not None or draft_len is not None:
+            raise ValueError("costs and draft_len belong to the GoodputPolicy passed as "
+                             "draft_len_policy: leave them None")
+        return draft_len_policy, draft_len_policy.max_draft_len
+    check_choice("draft_len_policy", draft_len_policy, DRAFT_LEN_POLICIES)
+    draft_len = DEFAULT_DRAFT_LEN[draft_len_policy] if draft_len is None else draft_len
+    check_int("draft_len", draft_len, low=1)
+    if draft_len_policy != "goodput":
+        if costs is not None:
+            raise ValueError(f"costs are read by the goodput policy only, not by "
+                             f"draft_len_policy={draft_len_policy!r}")
+        return draft_len_policy, draft_len
+    if costs is None:
+        from osd_lab.cost import measure_costs  # cost.py needs this module: import here
+        costs = measure_costs(target, draft)
+    return GoodputPolicy(costs, max_draft_len=draft_len), draft_len
+
+
 @torch.inference_mode()
 def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_ids,
-                         max_new_tokens: int, draft_len: int = 4, temperature: float = 0.0,
-                         top_k: int = 0, top_p: float = 1.0, eos_token_id: int | None = None,
+                         max_new_tokens: int, draft_len: int | None = None,
+                         temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                         eos_token_id: int | None = None,
                          generator: torch.Generator | None = None,
-                         draft_len_policy: str = "constant",
+                         draft_len_policy: str | GoodputPolicy = "goodput",
+                         stop_rule: str | None = None, stop_threshold: float | None = None,
+                         costs: SpeculationCosts | None = None,
                          vocab_size: int | None = None,
                          record_target_logits: bool = False) -> GenerationOutput:
     """Speculative decoding of one prompt: the output is distributed as the target's.
 
     input_ids: ``(T,)`` or ``(1, T)`` prompt token ids.
-    draft_len: tokens the draft proposes per step (gamma); the starting value
-        when ``draft_len_policy="heuristic"`` adapts it.
+    draft_len_policy: how many tokens to draft at each step
+        (``osd_lab.policies``): "constant", "heuristic" (transformers'),
+        "goodput" (the default: the most expected tokens per second from the
+        running alpha and the measured ``costs``; 0 when the draft does not
+        pay), or a ``GoodputPolicy`` that carries its alpha across calls.
+    draft_len: tokens drafted per step (gamma) with "constant", the starting
+        value with "heuristic", the most with "goodput" (default 4, 4, 16).
+    stop_rule, stop_threshold: end a block early when the draft's own
+        confidence says a rejection is likely: None, "confidence" or
+        "entropy" (AdaEDL), see ``osd_lab.policies``.
+    costs: ``SpeculationCosts`` for "goodput" (default: measured once per
+        pair with ``osd_lab.cost.measure_costs``, about a second on the zoo).
     temperature, top_k, top_p: applied to both models' logits; temperature 0 is
         greedy, and the output then equals greedy ``autoregressive_generate``.
     eos_token_id: stop after this token (or any of a list of them), inclusive;
@@ -220,9 +235,11 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     check_prompt(draft, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     check_generator(generator, target.device)
-    vocab_size = check_pair(target, draft, draft_len, draft_len_policy, vocab_size)
+    vocab_size = check_pair(target, draft, vocab_size)
     eos_ids = check_eos(eos_token_id, vocab_size, target.device)
     check_choice("record_target_logits", record_target_logits, (True, False))
+    stop_threshold = check_stop_rule(stop_rule, stop_threshold)
+    policy, draft_len = make_policy(target, draft, draft_len_policy, draft_len, costs)
 
     def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
         return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)
@@ -240,16 +257,23 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     new_tokens = []  # list of (n,) tensors
     num_new, gamma = 0, draft_len
     while num_new < max_new_tokens:
-        g = min(gamma, max_new_tokens - num_new - 1)  # leave room for the next token
-        # 1. the draft proposes g tokens, one forward pass each
+        if isinstance(policy, GoodputPolicy):
+            gamma = policy.next_draft_len()
+        room = max_new_tokens - num_new - 1  # leave room for the next token
+        # 1. the draft proposes up to gamma tokens, one forward pass each
         drafted, q = [], []
         draft_input = draft_pending
-        for _ in range(g):
-            q_i = probs(forward(draft, draft_input, draft_cache).logits[:, -1])
+        for i in range(min(gamma, room)):
+            logits = forward(draft, draft_input, draft_cache).logits[:, -1]
+            q_i = probs(logits)
             x_i = sample(q_i, generator, validate=False)  # (1,)
             drafted.append(x_i)
             q.append(q_i)
             draft_input = x_i[:, None]
+            if stop_rule and i < min(gamma, room) - 1 and should_stop(
+                    stop_rule, logits[..., :vocab_size], x_i, stop_threshold):
+                break  # the draft doubts x_i: let the target check what we have
+        g = len(drafted)
         stats["draft_calls"] += g
         drafted = torch.stack(drafted, 1) if g else input_ids.new_zeros(1, 0)  # (1, g)
         q = torch.stack(q, 1) if g else None  # (1, g, V)
@@ -264,6 +288,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
             n, next_token = int(result.num_accepted), result.next_token
             stats["alpha"].append(overlap(p[0, :g], q[0], validate=False).tolist())
             stats["decided_alpha"] += stats["alpha"][-1][:n + 1]  # accepted + first rejected
+            if isinstance(policy, GoodputPolicy):
+                policy.observe(stats["alpha"][-1][:n + 1])
             if n < g:  # the target overruled the draft here
                 stats["corrections"].append(num_new + n)
         else:
@@ -295,7 +321,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
             break
         new_tokens.append(step_tokens)
         num_new += n + 1
-        gamma = next_draft_len(draft_len_policy, gamma, n) if g == gamma else gamma
+        if policy == "heuristic" and gamma <= room:  # not cut short by max_new_tokens
+            gamma = next_draft_len(policy, gamma, n if n < g else gamma)
 
     wall = clock(target.device) - start
     tokens = torch.cat(new_tokens)

@@ -16,7 +16,8 @@ import torch
 
 from osd_lab.cache import forward, new_cache
 from osd_lab.checks import check_int
-from osd_lab.decoding import autoregressive_generate, clock
+from osd_lab.decoding import autoregressive_generate
+from osd_lab.timing import clock
 from osd_lab.sampling import logits_to_probs
 from osd_lab.verify import overlap
 

@@ -34,7 +34,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 
 from osd_lab.cache import cached_keys_values, forward, new_cache, rollback
 from osd_lab.checks import check_generator, check_int
-from osd_lab.decoding import GenerationOutput, check_prompt, clock
+from osd_lab.decoding import GenerationOutput, check_prompt
+from osd_lab.timing import clock
 from osd_lab.models import ZOO_DIR
 from osd_lab.sampling import check_sampling_args, get_device, logits_to_probs, sample
 from osd_lab.verify import overlap, verify

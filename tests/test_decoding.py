@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from conftest import ARCHITECTURES, TINY_VOCAB, tiny_model, zoo_on
-from osd_lab.decoding import autoregressive_generate, clock, speculative_generate
+from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.timing import clock
 
 
 def hf_greedy(model, input_ids, max_new_tokens):

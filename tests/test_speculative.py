@@ -42,7 +42,7 @@ def test_greedy_equals_autoregressive_tiny(arch, device, dtype):
         expected = autoregressive_generate(target, prompt, 20).tokens
         for draft, draft_lens in ((noisy, range(1, 9)), (other, (1, 3, 8))):
             for draft_len in draft_lens:
-                out = speculative_generate(target, draft, prompt, 20, draft_len=draft_len)
+                out = speculative_generate(target, draft, prompt, 20, draft_len_policy="constant", draft_len=draft_len)
                 assert_same_greedy(target, prompt, expected, out.tokens, (seed, draft_len))
                 if draft is noisy:
                     accepted += sum(out.stats["accepted"])
@@ -82,7 +82,7 @@ def test_heuristic_draft_len_is_exact_and_adapts(device):
 
 def test_stats_are_consistent():
     target = tiny_model("qwen2")
-    out = speculative_generate(target, noisy_copy(target, 0.5), [0, 3, 4], 25, draft_len=3)
+    out = speculative_generate(target, noisy_copy(target, 0.5), [0, 3, 4], 25, draft_len_policy="constant", draft_len=3)
     s = out.stats
     assert s["new_tokens"] == len(out.tokens) == 25
     assert s["target_calls"] == len(s["accepted"]) and s["draft_calls"] == sum(s["draft_lens"])
@@ -106,9 +106,9 @@ def test_identical_draft_accepts_everything_and_eos_stops_inside_block(device):
     prompt = torch.tensor([[0, 11, 12]])
     full = autoregressive_generate(target, prompt, 20).tokens.tolist()
     eos = full[6]
-    out = speculative_generate(target, target, prompt, 20, draft_len=8, eos_token_id=eos)
+    out = speculative_generate(target, target, prompt, 20, draft_len_policy="constant", draft_len=8, eos_token_id=eos)
     assert out.tokens.tolist() == full[:full.index(eos) + 1]
-    sampled = speculative_generate(target, target, prompt, 20, draft_len=4, temperature=1.0,
+    sampled = speculative_generate(target, target, prompt, 20, draft_len_policy="constant", draft_len=4, temperature=1.0,
                                    generator=torch.Generator(device=device).manual_seed(0))
     assert sampled.stats["mean_alpha"] == pytest.approx(1.0)
     assert all(n == g for n, g in zip(sampled.stats["accepted"], sampled.stats["draft_lens"]))
@@ -134,7 +134,7 @@ def test_sampled_output_is_distributed_as_target(settings, device):
     counts = dict.fromkeys(exact, 0)
     rejections = 0
     for _ in range(runs):
-        out = speculative_generate(target, draft, prompt, length, draft_len=2,
+        out = speculative_generate(target, draft, prompt, length, draft_len_policy="constant", draft_len=2,
                                    generator=gen, **settings)
         counts[tuple(out.tokens.tolist())] += 1
         rejections += out.stats["accepted"][0] < 2

@@ -23,7 +23,7 @@ def test_stats_are_trimmed_when_eos_is_an_accepted_draft_token():
     full = autoregressive_generate(target, PROMPT, 20).tokens.tolist()
     at, eos = first_new_token_at(full, 2)
     # the target as its own draft: the first block of 8 is accepted whole, EOS inside it
-    out = speculative_generate(target, target, PROMPT, 20, draft_len=8, eos_token_id=eos)
+    out = speculative_generate(target, target, PROMPT, 20, draft_len_policy="constant", draft_len=8, eos_token_id=eos)
     assert out.tokens.tolist() == full[:at + 1]
     s = out.stats
     assert s["accepted"] == [at + 1] and s["corrections"] == []
@@ -37,7 +37,7 @@ def test_trimmed_stats_add_up_with_a_noisy_draft():
     full = autoregressive_generate(target, PROMPT, 30).tokens.tolist()
     for index in range(1, 12):
         at, eos = first_new_token_at(full, index)
-        out = speculative_generate(target, draft, PROMPT, 30, draft_len=4, eos_token_id=eos)
+        out = speculative_generate(target, draft, PROMPT, 30, draft_len_policy="constant", draft_len=4, eos_token_id=eos)
         s = out.stats
         assert out.tokens.tolist() == full[:at + 1]
         # every new token is an accepted draft token or the target's own, one per step at most
@@ -75,7 +75,7 @@ def test_recorded_target_logits_are_a_fresh_target_pass(arch):
     """Row i predicted new token i: under greedy it argmaxes to it, and it equals
     the logits of one full target pass over prompt + output."""
     target = tiny_model(arch)
-    out = speculative_generate(target, noisy_copy(target, 0.4), PROMPT, 24, draft_len=3,
+    out = speculative_generate(target, noisy_copy(target, 0.4), PROMPT, 24, draft_len_policy="constant", draft_len=3,
                                record_target_logits=True)
     logits = out.stats["target_logits"]  # (N, V)
     assert logits.shape == (len(out.tokens), 96)

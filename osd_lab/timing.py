@@ -1,17 +1,28 @@
-"""Time several decoders on the same prompts, side by side, the honest way.
+"""Timing, the one place for it: a clock that waits for the GPU, and
+decoders timed side by side on the same prompts, the honest way.
 
-Every decoder is warmed up on one prompt, then each is timed ``repeats``
-times over all prompts, decoders interleaved, and the fastest total kept:
-other programs on the machine only ever add time. Used by
-``benchmarks/streaming.py`` and ``notebooks/09_speculative_streaming``.
+``time_side_by_side`` warms every decoder up on one prompt, then times each
+``repeats`` times over all prompts, decoders interleaved, and keeps the
+fastest total: other programs on the machine only ever add time. Used by
+the main job, the benchmarks, the dashboard and the notebooks.
 """
 
+import time
 from collections.abc import Callable
 
-from osd_lab.decoding import GenerationOutput
+import torch
 
 
-def target_passes(out: GenerationOutput) -> int:
+def clock(device: torch.device) -> float:
+    """Wall time in seconds, after waiting for work queued on a GPU (CUDA or MPS)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    return time.perf_counter()
+
+
+def target_passes(out) -> int:
     """Target forward passes a decoder made (the prompt's prefill not counted)."""
     stats = out.stats
     if "forward_passes" in stats:

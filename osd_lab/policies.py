@@ -1,0 +1,155 @@
+"""How many tokens to draft at each step: draft-length policies and stopping rules.
+
+Draft-length policies choose the block length gamma before a step:
+
+* ``"constant"``: always ``draft_len``.
+* ``"heuristic"`` (transformers' assisted generation): +2 after a fully
+  accepted block, -1 (down to 1) otherwise.
+* ``"goodput"`` (the idea of SmartSpec/TurboSpec, Liu et al. 2024): the gamma
+  in [0, ``draft_len``] with the most expected tokens per second,
+
+      E[tokens](alpha, gamma) / (gamma * c + v(gamma + 1)),
+
+  with alpha a running estimate of the draft's exact acceptance rate, c the
+  draft's step time and v(n) the target's time for one pass over n tokens,
+  both in units of a one-token target step (``SpeculationCosts``, measured
+  by ``osd_lab.cost.measure_costs``). gamma = 0 is plain decoding: a badly
+  matched draft switches itself off, and drafts one token every
+  ``probe_every`` steps so that its alpha stays measured.
+
+Stopping rules end a block early, before the length the policy chose, when
+the draft's own distribution (softmax of its raw logits) says a rejection is
+likely; the token just drafted is kept:
+
+* ``"confidence"`` (transformers' ``assistant_confidence_threshold``): stop
+  when the drafted token's probability is below ``threshold`` (default 0.4).
+* ``"entropy"`` (AdaEDL, Agrawal et al. 2024): stop when the entropy-based
+  lower bound on the acceptance probability, 1 - sqrt(scale * H(q)), is
+  below ``threshold`` (default 0.4, with ``scale`` 0.4).
+
+Taught in ``notebooks/03_when_is_it_fast``.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from osd_lab.checks import check_choice, check_float, check_int
+
+DRAFT_LEN_POLICIES = ("constant", "heuristic", "goodput")
+STOP_RULES = (None, "confidence", "entropy")
+STOP_THRESHOLD = 0.4  # transformers' default assistant_confidence_threshold
+ENTROPY_SCALE = 0.4
+
+
+def next_draft_len(policy: str, draft_len: int, num_accepted: int) -> int:
+    """The next draft length of the "constant" and "heuristic" policies."""
+    if policy == "heuristic":
+        return draft_len + 2 if num_accepted == draft_len else max(1, draft_len - 1)
+    return draft_len
+
+
+@dataclass(frozen=True)
+class SpeculationCosts:
+    """What a step costs, in units of one one-token target pass.
+
+    draft_step: c, one draft pass over one token.
+    verify: ``verify[n - 1]`` is one target pass over n new tokens (so
+        ``verify[0] == 1``); beyond the table it grows linearly.
+    """
+
+    draft_step: float
+    verify: tuple
+
+    def __post_init__(self):
+        check_float("draft_step", self.draft_step, low=0)
+        if not self.verify or self.verify[0] != 1:
+            raise ValueError(f"verify must start with 1.0 (one token costs one target pass), "
+                             f"got {self.verify!r}")
+        for i, v in enumerate(self.verify):
+            check_float(f"verify[{i}]", v, low=0, low_open=True)
+
+    def verify_cost(self, num_tokens: int) -> float:
+        """Cost of one target pass over ``num_tokens`` new tokens."""
+        table = self.verify
+        if num_tokens <= len(table):
+            return table[num_tokens - 1]
+        slope = table[-1] - table[-2] if len(table) > 1 else 0.0
+        return table[-1] + slope * (num_tokens - len(table))
+
+
+def expected_tokens(alpha: float, gamma: int) -> float:
+    """Tokens per target call with acceptance rate alpha at every position."""
+    return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+class GoodputPolicy:
+    """Chooses each step's draft length from a running alpha and measured costs.
+
+    costs: ``SpeculationCosts`` of the (target, draft) pair on its device.
+    alpha: the starting estimate of the draft's acceptance rate.
+    max_draft_len: the longest block it may choose.
+    smoothing: weight of each new decided position in the running alpha
+        (an exponential moving average).
+    probe_every: when it chooses 0 (plain decoding), it drafts one token
+        every ``probe_every`` steps anyway, to keep measuring alpha.
+
+    One policy can serve many calls: the online decoder keeps one per draft,
+    so what it learned about a draft on one query serves the next.
+    """
+
+    def __init__(self, costs: SpeculationCosts, alpha: float = 0.5, max_draft_len: int = 16,
+                 smoothing: float = 0.2, probe_every: int = 8):
+        if not isinstance(costs, SpeculationCosts):
+            raise ValueError(f"costs must be SpeculationCosts (osd_lab.cost.measure_costs), "
+                             f"got {type(costs).__name__}")
+        check_float("alpha", alpha, 0, 1)
+        check_int("max_draft_len", max_draft_len, low=1)
+        check_float("smoothing", smoothing, 0, 1, low_open=True)
+        check_int("probe_every", probe_every, low=1)
+        self.costs, self.alpha, self.max_draft_len = costs, float(alpha), max_draft_len
+        self.smoothing, self.probe_every = smoothing, probe_every
+        self.plain_steps = 0  # steps in a row decoded without drafting
+
+    def goodput(self, gamma: int) -> float:
+        """Expected tokens per unit of time (one-token target passes) at ``gamma``."""
+        cost = gamma * self.costs.draft_step + self.costs.verify_cost(gamma + 1)
+        return expected_tokens(self.alpha, gamma) / cost
+
+    def next_draft_len(self) -> int:
+        """The draft length for the next step (0: decode this step without drafting)."""
+        best = max(range(self.max_draft_len + 1), key=self.goodput)
+        if best > 0:
+            self.plain_steps = 0
+            return best
+        self.plain_steps += 1
+        return 1 if self.plain_steps % self.probe_every == 0 else 0  # probe
+
+    def observe(self, alphas) -> None:
+        """Fold in the exact alphas of the positions verification decided."""
+        for a in alphas:
+            self.alpha += self.smoothing * (a - self.alpha)
+
+
+def check_stop_rule(stop_rule, stop_threshold):
+    """Validate a stopping rule and its threshold; return the threshold to use."""
+    check_choice("stop_rule", stop_rule, STOP_RULES)
+    if stop_threshold is None:
+        return STOP_THRESHOLD
+    check_float("stop_threshold", stop_threshold, 0, 1)
+    return stop_threshold
+
+
+def should_stop(stop_rule: str, draft_logits: torch.Tensor, token: torch.Tensor,
+                threshold: float) -> bool:
+    """Whether a stopping rule ends the block after ``token``.
+
+    draft_logits: ``(1, V)`` the draft's raw logits that ``token`` ``(1,)``
+    was drafted from. One device sync (the answer is a Python bool).
+    """
+    probs = torch.softmax(draft_logits.float(), -1)  # (1, V)
+    if stop_rule == "confidence":
+        return probs[0, token[0]].item() < threshold
+    entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum().item()  # nats
+    return 1 - math.sqrt(ENTROPY_SCALE * entropy) < threshold
