@@ -15,37 +15,39 @@ from osd_lab.batched import (bass_draft_len, batched_autoregressive_generate,
                              batched_speculative_generate)
 from osd_lab.cache import keep_rows, new_cache, rollback
 from osd_lab.checks import ArgumentError
-from osd_lab.cost import (expected_tokens_per_step, measure_cost_ratio, measure_pass_time,
+from osd_lab.cost import (SpeculationCosts, decode_step_time, expected_tokens_per_step,
+                          measure_cost_ratio, measure_costs, measure_pass_time,
                           measure_verify_ratio, optimal_draft_len, speedup)
 from osd_lab.decoding import GenerationOutput, autoregressive_generate, speculative_generate
-from osd_lab.distill import acceptance_rate, adaspec, cut_prompts, distill
+from osd_lab.distill import adaspec, cut_prompts, distill
 from osd_lab.divergences import forward_kl, jsd, masked_mean, reverse_kl, tvd
+from osd_lab.evaluation import acceptance_rate, alpha_by_domain, served_speed, speed_by_block
 from osd_lab.medusa import MedusaHeads, MedusaModel, load_medusa_model
-from osd_lab.metrics import (acceptance_along_greedy, alpha_on_documents, decode_step_time,
-                             perplexity)
+from osd_lab.metrics import acceptance_along_greedy, alpha_on_documents, perplexity
 from osd_lab.models import ModelPair, load_pair
 from osd_lab.online import LearnedRouter, OnlineSpeculativeDecoder, OracleRouter, make_stream
+from osd_lab.policies import GoodputPolicy
 from osd_lab.sampling import get_device, logits_to_probs, sample, set_seed
-from osd_lab.timing import clock, time_side_by_side
 from osd_lab.streaming import (StreamingModel, Streams, load_streaming_model,
                                multi_stream_mask, streaming_generate)
+from osd_lab.timing import clock, time_side_by_side
 from osd_lab.verify import Verification, overlap, residual_distribution, verify
 
 _LAZY = {"plot_alpha": "plots", "plot_tau": "plots", "Dashboard": "dashboard"}
 
 __all__ = sorted([
-    "ArgumentError", "GenerationOutput", "LearnedRouter", "MedusaHeads", "MedusaModel",
-    "ModelPair", "OnlineSpeculativeDecoder", "OracleRouter", "StreamingModel", "Streams",
-    "Verification", "acceptance_along_greedy", "acceptance_rate", "adaspec",
-    "alpha_on_documents", "autoregressive_generate", "bass_draft_len",
-    "batched_autoregressive_generate", "batched_speculative_generate", "clock", "cut_prompts",
-    "decode_step_time", "distill", "expected_tokens_per_step", "forward_kl", "get_device",
-    "jsd", "keep_rows", "load_medusa_model", "load_pair", "load_streaming_model",
-    "logits_to_probs", "make_stream", "masked_mean", "measure_cost_ratio",
+    "ArgumentError", "GenerationOutput", "GoodputPolicy", "LearnedRouter", "MedusaHeads",
+    "MedusaModel", "ModelPair", "OnlineSpeculativeDecoder", "OracleRouter", "SpeculationCosts",
+    "StreamingModel", "Streams", "Verification", "acceptance_along_greedy", "acceptance_rate",
+    "adaspec", "alpha_by_domain", "alpha_on_documents", "autoregressive_generate",
+    "bass_draft_len", "batched_autoregressive_generate", "batched_speculative_generate", "clock",
+    "cut_prompts", "decode_step_time", "distill", "expected_tokens_per_step", "forward_kl",
+    "get_device", "jsd", "keep_rows", "load_medusa_model", "load_pair", "load_streaming_model",
+    "logits_to_probs", "make_stream", "masked_mean", "measure_cost_ratio", "measure_costs",
     "measure_pass_time", "measure_verify_ratio", "multi_stream_mask", "new_cache",
     "optimal_draft_len", "overlap", "perplexity", "residual_distribution", "reverse_kl",
-    "rollback", "sample", "set_seed", "speculative_generate", "speedup",
-    "streaming_generate", "time_side_by_side", "tvd", "verify", *_LAZY])
+    "rollback", "sample", "served_speed", "set_seed", "speculative_generate", "speed_by_block",
+    "speedup", "streaming_generate", "time_side_by_side", "tvd", "verify", *_LAZY])
 
 
 def __getattr__(name):

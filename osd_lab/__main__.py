@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from osd_lab.checks import check_float, check_int  # noqa: E402
-from osd_lab.decoding import (autoregressive_generate, context_length,  # noqa: E402
+from osd_lab.decoding import (autoregressive_generate,  # noqa: E402
                               speculative_generate)
 from osd_lab.distill import acceptance_rate  # noqa: E402
 from osd_lab.divergences import DIVERGENCES  # noqa: E402

@@ -34,7 +34,8 @@ from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, keep_rows, new_cache, rollback
 from osd_lab.checks import check_choice, check_generator, check_int
-from osd_lab.decoding import check_pair, check_prompt, context_length
+from osd_lab.decoding import check_pair, check_prompt
+from osd_lab.models import context_length
 from osd_lab.policies import next_draft_len
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
 from osd_lab.timing import clock

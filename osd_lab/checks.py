@@ -164,3 +164,17 @@ def check_generator(generator, device: torch.device, what: str = "the model is")
     if here.type != device.type or (here.index or 0) != (device.index or 0):
         raise ArgumentError(f"generator is on {here} but {what} on {device}: create it "
                             f"there, e.g. torch.Generator(device=\"{device}\").manual_seed(0)")
+
+
+def check_prompt_list(name, prompts, vocab_size, one_row_ok=False):
+    """A non-empty list of tensors ``(T,)`` (or ``(1, T)`` if ``one_row_ok``) of
+    token ids in ``[0, vocab_size)``."""
+    shapes = "(T,) or (1, T)" if one_row_ok else "(T,)"
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"{name} must be a non-empty list of token-id tensors {shapes}, "
+                         f"got {prompts!r}")
+    for i, prompt in enumerate(prompts):
+        check_tensor(f"{name}[{i}]", prompt)
+        if prompt.dim() != 1 and not (one_row_ok and prompt.dim() == 2 and len(prompt) == 1):
+            raise ValueError(f"{name}[{i}] must have shape {shapes}, got {tuple(prompt.shape)}")
+        check_token_ids(f"{name}[{i}]", prompt, vocab_size)

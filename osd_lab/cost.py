@@ -15,16 +15,15 @@ batches in ``notebooks/08_bass``). Taught in ``notebooks/03_when_is_it_fast``.
 
 import time
 import weakref
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, new_cache
 from osd_lab.checks import check_float, check_int
-from osd_lab.decoding import context_length
+from osd_lab.models import context_length
 from osd_lab.timing import clock
-from osd_lab.metrics import decode_step_time
-from osd_lab.policies import SpeculationCosts
 
 MAX_DRAFT_LEN = 1024  # optimal_draft_len searches no further
 
@@ -48,6 +47,25 @@ def optimal_draft_len(alpha: float, cost_ratio: float, max_draft_len: int = 32) 
     """The draft length in [1, max_draft_len] with the highest expected speedup."""
     check_int("max_draft_len", max_draft_len, 1, MAX_DRAFT_LEN)
     return max(range(1, max_draft_len + 1), key=lambda g: speedup(alpha, g, cost_ratio))
+
+
+@torch.inference_mode()
+def decode_step_time(model, prompt_len: int = 32, steps: int = 64, repeats: int = 3) -> float:
+    """Median seconds per one-token forward pass with a KV cache (batch 1)."""
+    check_int("prompt_len", prompt_len, low=1)
+    check_int("steps", steps, low=1)
+    check_int("repeats", repeats, low=1)
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len),
+                        generator=torch.Generator().manual_seed(0)).to(model.device)
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up and is dropped
+        cache = new_cache(model)
+        token = forward(model, ids, cache).logits[:, -1:].argmax(-1)
+        start = clock(model.device)
+        for _ in range(steps):
+            token = forward(model, token, cache).logits[:, -1:].argmax(-1)
+        times.append((clock(model.device) - start) / steps)
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def measure_cost_ratio(pair) -> float:
@@ -100,6 +118,36 @@ def measure_verify_ratio(model, num_tokens: int, prompt_len: int = 32, repeats: 
                          f"tokens, got {prompt_len} + {num_tokens}")
     return (measure_pass_time(model, 1, num_tokens, prompt_len, repeats)
             / measure_pass_time(model, 1, 1, prompt_len, repeats))
+
+
+@dataclass(frozen=True)
+class SpeculationCosts:
+    """What a step costs, in units of one one-token target pass.
+
+    draft_step: c, one draft pass over one token.
+    verify: ``verify[n - 1]`` is one target pass over n new tokens (so
+        ``verify[0] == 1``); beyond the table it grows linearly.
+    """
+
+    draft_step: float
+    verify: tuple
+
+    def __post_init__(self):
+        check_float("draft_step", self.draft_step, low=0)
+        if not self.verify or self.verify[0] != 1:
+            raise ValueError(f"verify must start with 1.0 (one token costs one target pass), "
+                             f"got {self.verify!r}")
+        for i, v in enumerate(self.verify):
+            check_float(f"verify[{i}]", v, low=0, low_open=True)
+
+    def verify_cost(self, num_tokens: int) -> float:
+        """Cost of one target pass over ``num_tokens`` new tokens."""
+        table = self.verify
+        if num_tokens <= len(table):
+            return table[num_tokens - 1]
+        slope = table[-1] - table[-2] if len(table) > 1 else 0.0
+        return table[-1] + slope * (num_tokens - len(table))
+
 
 
 COST_TOKENS = (1, 2, 3, 5, 9, 17)  # verify cost measured at these, interpolated between

@@ -17,9 +17,10 @@ import torch
 from transformers import PreTrainedModel
 from osd_lab.cache import forward, new_cache, rollback
 from osd_lab.checks import check_choice, check_generator, check_int, check_token_ids
-from osd_lab.models import output_vocab_size
-from osd_lab.policies import (DRAFT_LEN_POLICIES, GoodputPolicy, SpeculationCosts,
-                              check_stop_rule, next_draft_len, should_stop)
+from osd_lab.cost import SpeculationCosts, measure_costs
+from osd_lab.models import context_length, output_vocab_size
+from osd_lab.policies import (DRAFT_LEN_POLICIES, GoodputPolicy, check_stop_rule, next_draft_len,
+                              should_stop)
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
 from osd_lab.timing import clock
 from osd_lab.verify import overlap, verify
@@ -31,15 +32,6 @@ class GenerationOutput:
 
     tokens: torch.Tensor
     stats: dict = field(default_factory=dict)
-
-
-def context_length(model: PreTrainedModel) -> int | None:
-    """The longest sequence the model's position embeddings allow (None: unknown)."""
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    return None
 
 
 def check_prompt(model: PreTrainedModel, input_ids, max_new_tokens: int) -> torch.Tensor:
@@ -178,7 +170,6 @@ def make_policy(target, draft, draft_len_policy, draft_len, costs):
                              f"draft_len_policy={draft_len_policy!r}")
         return draft_len_policy, draft_len
     if costs is None:
-        from osd_lab.cost import measure_costs  # cost.py needs this module: import here
         costs = measure_costs(target, draft)
     return GoodputPolicy(costs, max_draft_len=draft_len), draft_len
 

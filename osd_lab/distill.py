@@ -21,9 +21,10 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-from osd_lab.checks import (check_choice, check_float, check_int, check_seed, check_tensor,
-                            check_token_ids, finite_spread)
-from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.checks import (check_choice, check_float, check_int, check_prompt_list, check_seed,
+                            finite_spread)
+from osd_lab.decoding import autoregressive_generate
+from osd_lab.evaluation import acceptance_rate
 from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
 
@@ -65,20 +66,6 @@ def make_batch(sequences, prompt_lens, pad_id=0):
         ids[row, :len(seq)] = seq
         mask[row, max(prompt_len - 1, 0):len(seq) - 1] = True
     return ids, mask
-
-
-def check_prompt_list(name, prompts, vocab_size, one_row_ok=False):
-    """A non-empty list of tensors ``(T,)`` (or ``(1, T)`` if ``one_row_ok``) of
-    token ids in ``[0, vocab_size)``."""
-    shapes = "(T,) or (1, T)" if one_row_ok else "(T,)"
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError(f"{name} must be a non-empty list of token-id tensors {shapes}, "
-                         f"got {prompts!r}")
-    for i, prompt in enumerate(prompts):
-        check_tensor(f"{name}[{i}]", prompt)
-        if prompt.dim() != 1 and not (one_row_ok and prompt.dim() == 2 and len(prompt) == 1):
-            raise ValueError(f"{name}[{i}] must have shape {shapes}, got {tuple(prompt.shape)}")
-        check_token_ids(f"{name}[{i}]", prompt, vocab_size)
 
 
 def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
@@ -141,38 +128,12 @@ def select_tokens(draft_loss, reference_loss, mask, keep_fraction):
 
 
 # -----------------------------------------------------------------------------
-# evaluation
-
-def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0,
-                    max_new_tokens=32, vocab_size=None, seed=0):
-    """Exact alpha and tau (tokens per target call) of speculative decoding over
-    ``prompts``. alpha is the mean of sum_v min(p, q) over the drafted positions
-    that verification decided (the accepted ones and the first rejected one of
-    each step); positions after a rejection sit on a prefix that is thrown away.
-    max_new_tokens must be >= 2: with 1, nothing is drafted."""
-    check_prompt_list("prompts", prompts, target.get_input_embeddings().num_embeddings,
-                      one_row_ok=True)
-    check_int("max_new_tokens", max_new_tokens, low=2)
-    seed = check_seed(seed)
-    generator = torch.Generator(device=target.device).manual_seed(seed)
-    alphas, new_tokens, target_calls = [], 0, 0
-    for prompt in prompts:
-        out = speculative_generate(target, draft, prompt, max_new_tokens, draft_len=draft_len,
-                                   temperature=temperature, generator=generator,
-                                   vocab_size=vocab_size)
-        alphas += out.stats["decided_alpha"]
-        new_tokens += out.stats["new_tokens"]
-        target_calls += out.stats["target_calls"]
-    return {"alpha": sum(alphas) / len(alphas), "tau": new_tokens / target_calls}
-
-
-# -----------------------------------------------------------------------------
 # the training loop
 
 def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3,
             batch_size=8, max_new_tokens=32, temperature=1.0, mix_ratio=0.5,
             reference=None, keep_fraction=0.4, vocab_size=None, eval_prompts=None,
-            eval_every=20, seed=0, target_cache=None, progress=True):
+            eval_every=20, eos_token_id=None, seed=0, target_cache=None, progress=True):
     """Distil ``draft`` towards ``target`` in place; returns a history dict.
 
     prompts: list of 1-D token-id tensors (for data="fixed", whole texts).
@@ -181,7 +142,7 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
     reference: a model for AdaSPEC token selection (see ``adaspec``); None
         trains on every continuation token.
     eval_prompts: if given, greedy alpha and tau on them every ``eval_every``
-        steps (and at the start and end).
+        steps (and at the start and end), each decoded until ``eos_token_id``.
     target_cache: a dict to keep target continuations in (keyed by prompt
         index); pass one dict to several calls on the same prompts to
         generate them only once.
@@ -210,7 +171,8 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
 
     def evaluate(step):
         draft.eval()
-        stats = acceptance_rate(target, draft, eval_prompts, vocab_size=vocab_size)
+        stats = acceptance_rate(target, draft, eval_prompts, vocab_size=vocab_size,
+                                eos_token_id=eos_token_id)
         history["eval"].append((step, stats["alpha"], stats["tau"]))
 
     def sequence_for(index):

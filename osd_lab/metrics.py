@@ -6,7 +6,6 @@
   the target's own greedy continuation, and how often the two argmaxes agree.
 * ``alpha_on_documents``: the same alpha at every position of held-out
   documents, one forward pass per model (notebooks 04 and 05).
-* ``decode_step_time``: seconds per KV-cached decoding step.
 Taught in ``notebooks/00_meet_the_zoo``.
 """
 
@@ -14,10 +13,8 @@ import math
 
 import torch
 
-from osd_lab.cache import forward, new_cache
 from osd_lab.checks import check_int
 from osd_lab.decoding import autoregressive_generate
-from osd_lab.timing import clock
 from osd_lab.sampling import logits_to_probs
 from osd_lab.verify import overlap
 
@@ -89,22 +86,3 @@ def alpha_on_documents(target, draft, documents, temperatures=(1.0,), vocab_size
         error = values.std().item() / len(values) ** 0.5 if len(values) > 1 else 0.0
         stats[t] = (values.mean().item(), error)
     return stats
-
-
-@torch.inference_mode()
-def decode_step_time(model, prompt_len: int = 32, steps: int = 64, repeats: int = 3) -> float:
-    """Median seconds per one-token forward pass with a KV cache (batch 1)."""
-    check_int("prompt_len", prompt_len, low=1)
-    check_int("steps", steps, low=1)
-    check_int("repeats", repeats, low=1)
-    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len),
-                        generator=torch.Generator().manual_seed(0)).to(model.device)
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up and is dropped
-        cache = new_cache(model)
-        token = forward(model, ids, cache).logits[:, -1:].argmax(-1)
-        start = clock(model.device)
-        for _ in range(steps):
-            token = forward(model, token, cache).logits[:, -1:].argmax(-1)
-        times.append((clock(model.device) - start) / steps)
-    return sorted(times[1:])[len(times[1:]) // 2]

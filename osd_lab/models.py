@@ -130,3 +130,12 @@ def load_pair(name="zoo", device=None, dtype=None, allow_download=False) -> Mode
     vocab_size = shared_vocab_size(target, draft, target_tok)
     return ModelPair(target.to(device).eval(), draft.to(device).eval(), target_tok, name,
                      vocab_size)
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The longest sequence the model's position embeddings allow (None: unknown)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None

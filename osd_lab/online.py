@@ -18,14 +18,18 @@ Taught in ``notebooks/06_online_speculative_decoding``.
 import copy
 import random
 from collections import deque
+from pathlib import Path
 
 import torch
 
-from osd_lab.batched import batched_speculative_generate
+from osd_lab.batched import (BATCH_DRAFT_LEN_POLICIES, batched_autoregressive_generate,
+                             batched_speculative_generate)
 from osd_lab.checks import check_choice, check_float, check_int, check_seed
-from osd_lab.decoding import speculative_generate
+from osd_lab.decoding import autoregressive_generate, make_policy, speculative_generate
 from osd_lab.distill import guarded_step, make_batch, select_tokens
 from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
+from osd_lab.policies import GoodputPolicy, check_stop_rule
+from osd_lab.timing import clock
 
 STREAMS = ("sharp", "smooth", "iid")
 
@@ -162,19 +166,35 @@ class OnlineSpeculativeDecoder:
     batches, and the draft trains only on the top k of tokens by
     delta = KL(p || q_draft) - KL(p || q_reference).
 
+    draft_len_policy: "goodput" (the default; one ``GoodputPolicy`` per
+    draft, so each draft's running alpha carries from query to query and
+    follows its updates), "constant" or "heuristic"; draft_len: its
+    ``draft_len`` (default: the policy's, see ``speculative_generate``);
+    stop_rule, stop_threshold: a confidence stopping rule
+    (``osd_lab.policies``); costs: the pair's ``SpeculationCosts`` for
+    goodput (default: measured once per draft).
+    baseline: also decode every query autoregressively, untimed as serving
+    but timed beside it, for ``osd_lab.evaluation.served_speed``.
+
     ``history`` holds per query: ``domain``, ``draft`` (which served it),
     ``alpha`` (the query's ``verified_alpha``), ``tau``, ``new_tokens``,
-    ``latency_s`` and ``notes`` (e.g. a
-    router's fallback); and ``updates`` as ``(query_index, draft, loss,
-    batch)`` and ``skipped`` updates as ``(query_index, draft)``.
+    ``latency_s`` (decoding), ``update_s`` (the updates run after it: they
+    are serving time too), ``draft_len`` (mean drafted tokens per step),
+    ``notes`` (e.g. a router's fallback), and with ``baseline``
+    ``baseline_s`` and ``baseline_tokens``; and ``updates`` as
+    ``(query_index, draft, loss, batch)`` and ``skipped`` updates as
+    ``(query_index, draft)``.
     """
 
-    def __init__(self, target, drafts, tokenizer, draft_len=4, update_interval=8,
+    def __init__(self, target, drafts, tokenizer, draft_len=None, update_interval=8,
                  loss="fkl", buffer_size=128, lr=1e-3, batch_size=8, max_new_tokens=32,
-                 temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0):
+                 temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0,
+                 draft_len_policy="goodput", stop_rule=None, stop_threshold=None, costs=None,
+                 baseline=False):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
-                            ("draft_len", draft_len), ("batch_size", batch_size)):
+                            ("batch_size", batch_size)):
             check_int(name, value, low=1)
+        check_choice("baseline", baseline, (True, False))
         check_choice("loss", loss, DIVERGENCES)
         if keep_fraction is not None:
             check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
@@ -193,7 +213,7 @@ class OnlineSpeculativeDecoder:
             raise ValueError(f"router must route to the drafts {sorted(self.drafts)}, "
                              f"got one for {router.names}")
         self.target, self.tokenizer, self.router = target, tokenizer, router
-        self.draft_len, self.update_interval, self.loss = draft_len, update_interval, loss
+        self.update_interval, self.loss = update_interval, loss
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.temperature, self.vocab_size = temperature, vocab_size
         self.buffers = {name: deque(maxlen=buffer_size) for name in self.drafts}
@@ -206,8 +226,15 @@ class OnlineSpeculativeDecoder:
                            for name, m in models.items()}
         self.rng = random.Random(seed)
         self.generator = torch.Generator(device=target.device).manual_seed(seed)
-        self.history = {k: [] for k in ("domain", "draft", "alpha", "tau", "new_tokens",
-                                        "latency_s", "notes", "updates", "skipped")}
+        self.history = {k: [] for k in (
+            "domain", "draft", "alpha", "tau", "new_tokens", "latency_s", "update_s",
+            "draft_len", "notes", "updates", "skipped", "baseline_s", "baseline_tokens")}
+        # how each draft drafts: the same settings speculative_generate checks
+        self.stop_rule, self.baseline = stop_rule, baseline
+        self.stop_threshold = check_stop_rule(stop_rule, stop_threshold)
+        self.policies = {name: make_policy(target, d, draft_len_policy, draft_len, costs)
+                         for name, d in self.drafts.items()}
+        self.fresh = dict.fromkeys(self.drafts, 0)  # queries buffered since the last update
 
     def serve(self, prompt, domain=None):
         """Answer one query (text); returns the generated text."""
@@ -215,19 +242,40 @@ class OnlineSpeculativeDecoder:
         if ids.shape[1] == 0:
             raise ValueError("empty prompt")
         name, note = self.router.route(ids, domain) if self.router else ("draft", None)
-        draft = self.drafts[name]
-        out = speculative_generate(self.target, draft, ids, self.max_new_tokens,
-                                   draft_len=self.draft_len, temperature=self.temperature,
-                                   eos_token_id=self.tokenizer.eos_token_id,
-                                   generator=self.generator, vocab_size=self.vocab_size,
-                                   record_target_logits=True)
+        policy, draft_len = self.policies[name]
+        out = speculative_generate(
+            self.target, self.drafts[name], ids, self.max_new_tokens,
+            draft_len=None if isinstance(policy, GoodputPolicy) else draft_len,
+            draft_len_policy=policy, stop_rule=self.stop_rule,
+            stop_threshold=self.stop_threshold, temperature=self.temperature,
+            eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
+            vocab_size=self.vocab_size, record_target_logits=True)
         self._record(ids, domain, name, note, out.tokens, out.stats, out.stats["wall_time_s"])
-        if len(self.history["domain"]) % self.update_interval == 0:
-            for draft_name in self.drafts:
-                self.update(draft_name)
+        if self.baseline:  # the same query, plain decoding, the same stopping rule
+            plain = autoregressive_generate(self.target, ids, self.max_new_tokens,
+                                            temperature=self.temperature,
+                                            eos_token_id=self.tokenizer.eos_token_id,
+                                            generator=self.generator)
+            self.history["baseline_s"].append(plain.stats["wall_time_s"])
+            self.history["baseline_tokens"].append(plain.stats["new_tokens"])
+        self.history["update_s"][-1] += self.run_due_updates(1)
         return self.tokenizer.decode(out.tokens, skip_special_tokens=True)
 
-    def serve_batch(self, prompts, domains=None):
+    def run_due_updates(self, served: int) -> float:
+        """After ``served`` more queries: run the updates that fell due (one
+        per ``update_interval`` queries), each for the drafts whose buffers
+        got new queries since their last update. Returns their wall time."""
+        total = len(self.history["domain"])
+        due = total // self.update_interval - (total - served) // self.update_interval
+        start = clock(self.target.device)
+        for _ in range(due):
+            for name in self.drafts:
+                if self.fresh[name]:  # a draft that served nothing new keeps its weights
+                    self.update(name)
+                    self.fresh[name] = 0
+        return clock(self.target.device) - start if due else 0.0
+
+    def serve_batch(self, prompts, domains=None, draft_len_policy="bass"):
         """Answer a batch of queries (texts) with batched speculative decoding
         (``osd_lab.batched``); returns their generated texts, in order.
 
@@ -238,7 +286,10 @@ class OnlineSpeculativeDecoder:
         updates due within the batch (one per ``update_interval`` queries, as
         with ``serve``) run after it. Each query's ``latency_s`` is its
         group's wall time: a row's answer is ready when its group finishes.
+        draft_len_policy: the batched decoder's ("constant", "heuristic" or
+        "bass"); with "constant" or "heuristic", this decoder's draft_len.
         """
+        check_choice("draft_len_policy", draft_len_policy, BATCH_DRAFT_LEN_POLICIES)
         domains = [None] * len(prompts) if domains is None else list(domains)
         if len(prompts) == 0 or len(domains) != len(prompts):
             raise ValueError(f"serve_batch needs at least one prompt and one domain per "
@@ -250,35 +301,62 @@ class OnlineSpeculativeDecoder:
                 raise ValueError(f"prompts[{i}] is empty")
         routes = [self.router.route(row[None], d) if self.router else ("draft", None)
                   for row, d in zip(ids, domains)]
-        served_before = len(self.history["domain"])
         results = [None] * len(prompts)  # (tokens, stats, latency) per query
+        baselines = [None] * len(prompts)  # (seconds, tokens) per query
         for name in dict.fromkeys(name for name, _ in routes):  # one batch per draft
             group = [i for i, (n, _) in enumerate(routes) if n == name]
+            policy, draft_len = self.policies[name]
             out = batched_speculative_generate(
                 self.target, self.drafts[name], [ids[i] for i in group], self.max_new_tokens,
-                draft_len=self.draft_len, temperature=self.temperature,
+                draft_len=None if draft_len_policy == "bass" else draft_len,
+                draft_len_policy=draft_len_policy, temperature=self.temperature,
                 eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
                 vocab_size=self.vocab_size, record_target_logits=True)
             for i, tokens, stats in zip(group, out.tokens, out.stats["sequences"]):
                 results[i] = tokens, stats, out.stats["wall_time_s"]
+            if self.baseline:
+                plain = batched_autoregressive_generate(
+                    self.target, [ids[i] for i in group], self.max_new_tokens,
+                    temperature=self.temperature, eos_token_id=self.tokenizer.eos_token_id,
+                    generator=self.generator)
+                for i, tokens in zip(group, plain.tokens):
+                    baselines[i] = plain.stats["wall_time_s"], len(tokens)
         for i, (tokens, stats, latency) in enumerate(results):  # history in query order
             name, note = routes[i]
             self._record(ids[i][None], domains[i], name, note, tokens, stats, latency)
-        due = (len(self.history["domain"]) // self.update_interval
-               - served_before // self.update_interval)
-        for _ in range(due):
-            for draft_name in self.drafts:
-                self.update(draft_name)
+            if self.baseline:
+                self.history["baseline_s"].append(baselines[i][0])
+                self.history["baseline_tokens"].append(baselines[i][1])
+        self.history["update_s"][-1] += self.run_due_updates(len(prompts))
         return [self.tokenizer.decode(tokens, skip_special_tokens=True)
                 for tokens, _, _ in results]
+
+    def save_draft(self, path, name="draft", overwrite=False):
+        """Write draft ``name`` as it is now, with the tokenizer, as a standard
+        transformers checkpoint: ``AutoModelForCausalLM.from_pretrained(path)``
+        loads it, and it can serve as the draft model of another engine
+        (transformers' ``assistant_model``, vLLM's draft-model speculative
+        decoding). Refuses a non-empty folder unless ``overwrite``."""
+        check_choice("name", name, list(self.drafts))
+        check_choice("overwrite", overwrite, (True, False))
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"path must be a folder, got the file {str(path)!r}")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise ValueError(f"path {str(path)!r} is a non-empty folder: pick another, or "
+                             f"pass overwrite=True to replace what is there")
+        self.drafts[name].save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path
 
     def _record(self, ids, domain, name, note, tokens, stats, latency):
         """After a query (``ids`` ``(1, T)``) was served by draft ``name``:
         buffer it if the target corrected the draft, let the router learn its
         domain, and append it to ``history``."""
-        if stats["corrections"]:  # keep the query, with the target's logits
-            sequence = torch.cat([ids[0], tokens]).cpu()
+        if stats["corrections"] or 0 in stats["draft_lens"]:  # the target wrote some of it
+            sequence = torch.cat([ids[0], tokens]).cpu()  # keep it, with the target's logits
             self.buffers[name].append((sequence, ids.shape[1], stats["target_logits"].cpu()))
+            self.fresh[name] += 1
         if self.router:
             self.router.observe(ids, domain)
         h = self.history
@@ -288,6 +366,8 @@ class OnlineSpeculativeDecoder:
         h["tau"].append(stats["tau"])
         h["new_tokens"].append(stats["new_tokens"])
         h["latency_s"].append(latency)
+        h["update_s"].append(0.0)
+        h["draft_len"].append(sum(stats["draft_lens"]) / max(1, len(stats["draft_lens"])))
         h["notes"].append(note)
 
     def update(self, name="draft"):

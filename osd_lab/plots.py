@@ -1,16 +1,18 @@
 """Plots of an online run, shared by the main job, notebook 06 and the dashboard."""
 
+import math
+
 import matplotlib.pyplot as plt
 
 
 def moving_average(values, window):
-    """Trailing mean over the last ``window`` values (shorter at the start)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+    """Trailing mean over the last ``window`` values (shorter at the start),
+    skipping NaN (a query where nothing was drafted has no alpha); NaN where
+    the window holds nothing else."""
+    out = []
+    for i in range(len(values)):
+        known = [v for v in values[max(0, i + 1 - window):i + 1] if not math.isnan(v)]
+        out.append(sum(known) / len(known) if known else math.nan)
     return out
 
 

@@ -31,11 +31,11 @@ Taught in ``notebooks/03_when_is_it_fast``.
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from osd_lab.checks import check_choice, check_float, check_int
+from osd_lab.cost import SpeculationCosts, expected_tokens_per_step
 
 DRAFT_LEN_POLICIES = ("constant", "heuristic", "goodput")
 STOP_RULES = (None, "confidence", "entropy")
@@ -48,40 +48,6 @@ def next_draft_len(policy: str, draft_len: int, num_accepted: int) -> int:
     if policy == "heuristic":
         return draft_len + 2 if num_accepted == draft_len else max(1, draft_len - 1)
     return draft_len
-
-
-@dataclass(frozen=True)
-class SpeculationCosts:
-    """What a step costs, in units of one one-token target pass.
-
-    draft_step: c, one draft pass over one token.
-    verify: ``verify[n - 1]`` is one target pass over n new tokens (so
-        ``verify[0] == 1``); beyond the table it grows linearly.
-    """
-
-    draft_step: float
-    verify: tuple
-
-    def __post_init__(self):
-        check_float("draft_step", self.draft_step, low=0)
-        if not self.verify or self.verify[0] != 1:
-            raise ValueError(f"verify must start with 1.0 (one token costs one target pass), "
-                             f"got {self.verify!r}")
-        for i, v in enumerate(self.verify):
-            check_float(f"verify[{i}]", v, low=0, low_open=True)
-
-    def verify_cost(self, num_tokens: int) -> float:
-        """Cost of one target pass over ``num_tokens`` new tokens."""
-        table = self.verify
-        if num_tokens <= len(table):
-            return table[num_tokens - 1]
-        slope = table[-1] - table[-2] if len(table) > 1 else 0.0
-        return table[-1] + slope * (num_tokens - len(table))
-
-
-def expected_tokens(alpha: float, gamma: int) -> float:
-    """Tokens per target call with acceptance rate alpha at every position."""
-    return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
 class GoodputPolicy:
@@ -115,7 +81,7 @@ class GoodputPolicy:
     def goodput(self, gamma: int) -> float:
         """Expected tokens per unit of time (one-token target passes) at ``gamma``."""
         cost = gamma * self.costs.draft_step + self.costs.verify_cost(gamma + 1)
-        return expected_tokens(self.alpha, gamma) / cost
+        return expected_tokens_per_step(self.alpha, gamma) / cost
 
     def next_draft_len(self) -> int:
         """The draft length for the next step (0: decode this step without drafting)."""

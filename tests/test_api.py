@@ -10,7 +10,8 @@ import osd_lab as osd
 ROOT = Path(__file__).resolve().parents[1]
 # Backticked in the table but not top-level names: a variable, exceptions, a
 # transformers method, a method of a class, and cache.forward (too generic).
-NOT_API = {"OSD_LAB_DEVICE", "ValueError", "TypeError", "crop", "serve_batch", "forward"}
+NOT_API = {"OSD_LAB_DEVICE", "ValueError", "TypeError", "crop", "serve_batch", "forward",
+           "save_draft"}
 
 
 def readme_table_names():

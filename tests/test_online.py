@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -57,7 +58,8 @@ def test_serve_records_corrections_and_updates(pair, tokenizer):
         text = decoder.serve(prompt, domain)
         assert isinstance(text, str)
     h = decoder.history
-    assert len(h["alpha"]) == 6 and all(0 <= a <= 1 for a in h["alpha"])
+    # NaN: goodput drafted nothing in that query (no alpha to measure)
+    assert len(h["alpha"]) == 6 and all(0 <= a <= 1 or math.isnan(a) for a in h["alpha"])
     assert len(decoder.buffers["draft"]) > 0
     assert [u[0] for u in h["updates"]] == [2, 4, 6]
     assert any(not torch.equal(a, b) for a, b in zip(before, draft.parameters()))

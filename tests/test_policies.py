@@ -7,9 +7,9 @@ import torch
 
 from conftest import (ARCHITECTURES, chi_square_p_value, exact_target_distribution, noisy_copy,
                       tiny_model)
-from osd_lab.cost import measure_costs
+from osd_lab.cost import SpeculationCosts, measure_costs
 from osd_lab.decoding import autoregressive_generate, speculative_generate
-from osd_lab.policies import GoodputPolicy, SpeculationCosts, expected_tokens, should_stop
+from osd_lab.policies import GoodputPolicy, should_stop
 
 FLAT = SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2))  # a cheap draft, a flat verify
 
@@ -74,8 +74,7 @@ def test_goodput_policy_follows_alpha_and_costs():
     assert lens.count(1) == 2 and lens.count(0) == 14  # a probe every 8 plain steps
     costly = GoodputPolicy(SpeculationCosts(0.9, (1.0, 2.0, 3.0)), alpha=0.7)
     assert costly.next_draft_len() == 0  # a draft as slow as the target never pays
-    assert expected_tokens(1.0, 4) == 5 and abs(expected_tokens(0.5, 1) - 1.5) < 1e-12
-
+    
 
 def test_one_goodput_policy_carries_alpha_across_calls():
     target = tiny_model("llama", seed=0)

@@ -14,7 +14,8 @@ import argparse
 import torch
 from tqdm.auto import tqdm
 
-from osd_lab.metrics import acceptance_along_greedy, decode_step_time, perplexity
+from osd_lab.cost import decode_step_time
+from osd_lab.metrics import acceptance_along_greedy, perplexity
 from osd_lab.models import load_pair
 from osd_lab.zoo.corpus import DOMAINS, load_corpus
 

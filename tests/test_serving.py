@@ -1,0 +1,150 @@
+"""The online decoder as a server: served speed with updates counted against
+plain decoding of the same queries, which drafts an update touches, the
+draft-length policy, and exporting the adapted draft."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import noisy_copy, tiny_model
+from osd_lab.cost import SpeculationCosts
+from osd_lab.evaluation import acceptance_rate, alpha_by_domain, served_speed, speed_by_block
+from osd_lab.models import ZOO_DIR
+from osd_lab.online import OnlineSpeculativeDecoder, OracleRouter, make_stream
+from osd_lab.policies import GoodputPolicy
+
+PROMPTS = {"sql": ["SELECT name FROM", "SELECT id, title FROM books WHERE"],
+           "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
+FLAT = SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
+
+
+@pytest.fixture()
+def pair(tokenizer):
+    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
+    return target, noisy_copy(target, 0.5, seed=1)
+
+
+def test_served_speed_counts_updates_beside_a_baseline_of_the_same_queries(pair, tokenizer):
+    decoder = OnlineSpeculativeDecoder(*pair, tokenizer, update_interval=2, max_new_tokens=10,
+                                       costs=FLAT, baseline=True)
+    stream = make_stream("sharp", PROMPTS, 8)
+    for domain, prompt in stream:
+        decoder.serve(prompt, domain)
+    h = decoder.history
+    assert len(h["update_s"]) == len(h["baseline_s"]) == len(h["baseline_tokens"]) == 8
+    assert [q for q, *_ in h["updates"]] == [2, 4, 6, 8]
+    assert all(h["update_s"][q - 1] > 0 for q, *_ in h["updates"])  # timed where they ran
+    assert sum(s > 0 for s in h["update_s"]) == 4
+    # greedy: plain decoding writes the same tokens, so the same counts
+    assert h["baseline_tokens"] == h["new_tokens"]
+    speed = served_speed(h)
+    decode, update = sum(h["latency_s"]), sum(h["update_s"])
+    assert speed["served_tps"] == pytest.approx(sum(h["new_tokens"]) / (decode + update))
+    assert speed["update_share"] == pytest.approx(update / (decode + update))
+    assert speed["speedup"] == pytest.approx(speed["served_tps"] / speed["baseline_tps"])
+    blocks = speed_by_block(h)
+    assert set(blocks) == {"sql", "math"} and blocks["sql"]["last"]["queries"] == 1
+    assert blocks["math"]["all"]["queries"] == 4
+
+
+def test_served_speed_needs_a_baseline(pair, tokenizer):
+    decoder = OnlineSpeculativeDecoder(*pair, tokenizer, max_new_tokens=6, costs=FLAT)
+    decoder.serve(PROMPTS["sql"][0])
+    with pytest.raises(ValueError, match="baseline=True"):
+        served_speed(decoder.history)
+    with pytest.raises(ValueError, match="last_fraction"):
+        speed_by_block(decoder.history, last_fraction=0)
+
+
+def test_batched_serving_records_a_baseline_and_update_time(pair, tokenizer):
+    decoder = OnlineSpeculativeDecoder(*pair, tokenizer, update_interval=2, max_new_tokens=8,
+                                       baseline=True, costs=FLAT)
+    decoder.serve_batch(PROMPTS["sql"] + PROMPTS["math"], ["sql"] * 2 + ["math"] * 2)
+    h = decoder.history
+    assert h["baseline_tokens"] == h["new_tokens"] and len(h["baseline_s"]) == 4
+    assert h["update_s"][-1] > 0 and h["update_s"][:3] == [0.0] * 3
+    with pytest.raises(ValueError, match="draft_len_policy must be one of"):
+        decoder.serve_batch(PROMPTS["sql"], draft_len_policy="goodput")
+
+
+def test_an_update_trains_only_drafts_that_served_new_queries(pair, tokenizer):
+    target, draft = pair
+    drafts = {"sql": draft, "math": noisy_copy(target, 0.5, seed=2)}
+    decoder = OnlineSpeculativeDecoder(target, drafts, tokenizer, update_interval=2,
+                                       max_new_tokens=10, costs=FLAT,
+                                       router=OracleRouter(drafts, fallback="sql"))
+    math_before = [p.clone() for p in drafts["math"].parameters()]
+    for prompt in PROMPTS["sql"] * 2:
+        decoder.serve(prompt, "sql")
+    assert {name for _, name, *_ in decoder.history["updates"]} == {"sql"}
+    assert all(torch.equal(a, b) for a, b in zip(math_before, drafts["math"].parameters()))
+
+
+def test_goodput_policy_is_kept_per_draft_across_queries(pair, tokenizer):
+    target, _ = pair
+    decoder = OnlineSpeculativeDecoder(target, target, tokenizer, max_new_tokens=12,
+                                       costs=FLAT, update_interval=100)
+    policy, _ = decoder.policies["draft"]
+    assert isinstance(policy, GoodputPolicy) and policy.alpha == 0.5
+    for prompt in PROMPTS["sql"]:
+        decoder.serve(prompt)
+    assert policy.alpha > 0.9  # the target drafting for itself
+    assert decoder.history["draft_len"][-1] > decoder.history["draft_len"][0]
+
+
+@pytest.mark.parametrize("kwargs", [dict(draft_len_policy="constant", draft_len=3),
+                                    dict(draft_len_policy="heuristic", stop_rule="confidence")])
+def test_other_policies_serve_the_targets_output(pair, tokenizer, kwargs):
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, max_new_tokens=10,
+                                       update_interval=1, **kwargs)
+    ids = tokenizer(PROMPTS["math"][1], return_tensors="pt").input_ids
+    expected = target.generate(ids, max_new_tokens=10, do_sample=False,
+                               eos_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:]
+    for _ in range(3):  # the draft changes between them; the output must not
+        assert decoder.serve(PROMPTS["math"][1]) == tokenizer.decode(expected,
+                                                                     skip_special_tokens=True)
+
+
+def test_save_draft_round_trips_with_identical_alpha(pair, tokenizer, tmp_path):
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                       max_new_tokens=10, costs=FLAT)
+    for prompt in PROMPTS["sql"]:
+        decoder.serve(prompt)
+    assert decoder.history["updates"]  # the draft moved before it was saved
+    folder = decoder.save_draft(tmp_path / "draft")
+    reloaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).get_vocab() == tokenizer.get_vocab()
+    prompts = [tokenizer(p, return_tensors="pt").input_ids for p in PROMPTS["math"]]
+    assert (acceptance_rate(target, draft, prompts, max_new_tokens=10)
+            == acceptance_rate(target, reloaded, prompts, max_new_tokens=10))
+    assert alpha_by_domain(target, reloaded, {"math": prompts}, max_new_tokens=10)["math"] \
+        == acceptance_rate(target, draft, prompts, max_new_tokens=10)["alpha"]
+    with pytest.raises(ValueError, match="non-empty folder"):
+        decoder.save_draft(folder)
+    decoder.save_draft(folder, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="must be a folder"):
+        decoder.save_draft(tmp_path / "file")
+    with pytest.raises(ValueError, match="name must be one of"):
+        decoder.save_draft(tmp_path / "other", name="sql")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(draft_len_policy="fastest"), "draft_len_policy must be one of"),
+    (dict(draft_len_policy="constant", draft_len=0), "draft_len must be"),
+    (dict(stop_rule="hunch"), "stop_rule must be one of"),
+    (dict(stop_rule="entropy", stop_threshold=-0.1), "stop_threshold must be"),
+    (dict(costs=(0.1, 1.0)), "costs must be SpeculationCosts"),
+    (dict(draft_len_policy="constant", costs=FLAT), "costs are read by the goodput policy"),
+    (dict(baseline=1), "baseline must be one of"),
+])
+def test_bad_serving_settings(pair, tokenizer, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OnlineSpeculativeDecoder(*pair, tokenizer, **kwargs)
