@@ -2,9 +2,12 @@
 
 On the embedded zoo: measure the zoo (per-domain perplexity, tokens/s of draft
 and target), then serve a stream of queries whose domain shifts, with a
-draft that keeps distilling on the target's corrections. Prints alpha per
-domain before and after, and the speedup over autoregressive decoding
-measured in this run; saves plots to ``--out``.
+draft that keeps distilling on the target's corrections and a draft-length
+policy (goodput by default) that drafts only where it pays. Every query is
+also decoded autoregressively in the same run, so the report compares served
+tokens/s (updates included) with plain decoding of the same queries, per
+domain block and over the stream; held-out alpha per domain before and after;
+plots saved to ``--out``.
 """
 
 import argparse
@@ -16,30 +19,37 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: plots go to files
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from osd_lab.checks import check_float, check_int  # noqa: E402
-from osd_lab.decoding import (autoregressive_generate,  # noqa: E402
-                              speculative_generate)
-from osd_lab.distill import acceptance_rate  # noqa: E402
+from osd_lab.decoding import autoregressive_generate  # noqa: E402
 from osd_lab.divergences import DIVERGENCES  # noqa: E402
+from osd_lab.evaluation import alpha_by_domain, served_speed, speed_by_block  # noqa: E402
 from osd_lab.metrics import perplexity  # noqa: E402
-from osd_lab.models import load_pair  # noqa: E402
+from osd_lab.models import context_length, load_pair  # noqa: E402
 from osd_lab.online import STREAMS, OnlineSpeculativeDecoder, make_stream  # noqa: E402
-from osd_lab.plots import moving_average, plot_alpha, plot_tau  # noqa: E402
+from osd_lab.plots import plot_alpha, plot_speed  # noqa: E402
+from osd_lab.policies import DRAFT_LEN_POLICIES  # noqa: E402
 from osd_lab.sampling import set_seed  # noqa: E402
 from osd_lab.zoo.corpus import DOMAINS, load_corpus  # noqa: E402
 
 STREAM_ORDER = ("sql", "math", "code", "prose")  # the draft's own domain first
-FIRST_LAST = 15  # queries at each end of a domain's share of the stream
+LAST_FRACTION = 1 / 3  # "late in a block": after the draft has had time to adapt
 MAX_QUERIES = 10_000  # about an hour on a laptop CPU; more is surely a typo
+STOP_RULES = ("none", "confidence", "entropy")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m osd_lab", description=__doc__.splitlines()[0])
     parser.add_argument("--stream", choices=STREAMS, default="sharp")
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--draft-len", type=int, default=4)
+    parser.add_argument("--draft-len-policy", choices=DRAFT_LEN_POLICIES, default="goodput")
+    parser.add_argument("--draft-len", type=int, default=None,
+                        help="gamma (constant), its start (heuristic) or its most (goodput); "
+                             "default 4, 4 and 16")
+    parser.add_argument("--stop-rule", choices=STOP_RULES, default="none",
+                        help="end blocks early on the draft's own doubt (osd_lab.policies)")
     parser.add_argument("--update-interval", type=int, default=4)
     parser.add_argument("--buffer-size", type=int, default=128)
     parser.add_argument("--loss", choices=DIVERGENCES, default="fkl")
@@ -48,8 +58,10 @@ def build_parser():
                         help="AdaSPEC's k: distil only this fraction of tokens (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=1,
-                        help="serve the stream this many queries at a time (BASS)")
+                        help="serve the stream this many queries at a time (BASS; its own "
+                             "draft-length schedule)")
     parser.add_argument("--eval-prompts", type=int, default=8, help="held-out per domain")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("outputs"))
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -58,10 +70,12 @@ def build_parser():
 def check_flags(args):
     """Every flag, before any work; ``ValueError`` names the flag."""
     check_int("--queries", args.queries, 1, MAX_QUERIES)
-    for flag, value in (("--draft-len", args.draft_len), ("--update-interval",
-                        args.update_interval), ("--buffer-size", args.buffer_size),
+    for flag, value in (("--update-interval", args.update_interval),
+                        ("--buffer-size", args.buffer_size), ("--threads", args.threads),
                         ("--eval-prompts", args.eval_prompts), ("--batch-size", args.batch_size)):
         check_int(flag, value, low=1)
+    if args.draft_len is not None:
+        check_int("--draft-len", args.draft_len, low=1)
     check_float("--lr", args.lr, low=0, low_open=True)
     if args.keep_fraction is not None:
         check_float("--keep-fraction", args.keep_fraction, 0, 1, low_open=True)
@@ -88,19 +102,6 @@ def check_flags_fit(args, pair, corpus):
     check_int("--max-new-tokens", args.max_new_tokens, 2, context - longest)
 
 
-def speed(pair, draft, prompts, args):
-    """Tokens/s of autoregressive and speculative greedy decoding on ``prompts``."""
-    ar_time = spec_time = tokens = 0
-    for ids in prompts:
-        ar = autoregressive_generate(pair.target, ids, args.max_new_tokens)
-        spec = speculative_generate(pair.target, draft, ids, args.max_new_tokens,
-                                    draft_len=args.draft_len, vocab_size=pair.vocab_size)
-        ar_time += ar.stats["wall_time_s"]
-        spec_time += spec.stats["wall_time_s"]
-        tokens += len(ar.tokens)
-    return tokens / ar_time, tokens / spec_time
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -109,6 +110,7 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     start = time.time()
+    torch.set_num_threads(args.threads)
     set_seed(args.seed)
     pair = load_pair("zoo")
     corpus = load_corpus()
@@ -125,13 +127,15 @@ def main(argv=None):
                                            for d in STREAM_ORDER}, args.queries, seed=args.seed)
         decoder = OnlineSpeculativeDecoder(
             pair.target, pair.draft, pair.tokenizer, draft_len=args.draft_len,
+            draft_len_policy=args.draft_len_policy,
+            stop_rule=None if args.stop_rule == "none" else args.stop_rule,
             update_interval=args.update_interval, loss=args.loss, buffer_size=args.buffer_size,
             lr=args.lr, max_new_tokens=args.max_new_tokens, vocab_size=pair.vocab_size,
-            keep_fraction=args.keep_fraction, seed=args.seed)
+            keep_fraction=args.keep_fraction, seed=args.seed, baseline=True)
     except ValueError as err:
         parser.error(str(err))
 
-    print(f"osd_lab main job: zoo on {pair.device}, target "
+    print(f"osd_lab main job: zoo on {pair.device} ({torch.get_num_threads()} threads), target "
           f"{pair.target.num_parameters() / 1e6:.1f}M / draft "
           f"{pair.draft.num_parameters() / 1e6:.2f}M parameters (draft trained on sql only)\n")
     print("| domain | target ppl | draft ppl | target tokens/s | draft tokens/s |\n|---|---:|---:|---:|---:|")
@@ -141,17 +145,20 @@ def main(argv=None):
                  .stats["tokens_per_s"] for m in (pair.target, pair.draft)]
         print(f"| {d} | {perplexity(pair.target, pair.tokenizer, docs):.2f} | "
               f"{perplexity(pair.draft, pair.tokenizer, docs):.2f} | {rates[0]:.0f} | {rates[1]:.0f} |")
+    policy = decoder.policies["draft"][0]
+    if args.draft_len_policy == "goodput":
+        costs = policy.costs
+        print(f"\nmeasured costs (goodput policy): draft step c = {costs.draft_step:.3f} of a "
+              f"target step; target pass over 2 / 5 / 9 tokens = {costs.verify[1]:.2f} / "
+              f"{costs.verify[4]:.2f} / {costs.verify[8]:.2f} one-token passes")
 
     def alphas():
-        return {d: acceptance_rate(pair.target, pair.draft, eval_prompts[d], args.draft_len,
-                                   max_new_tokens=args.max_new_tokens,
-                                   vocab_size=pair.vocab_size)["alpha"] for d in DOMAINS}
+        return alpha_by_domain(pair.target, pair.draft, eval_prompts, draft_len=4,
+                               max_new_tokens=args.max_new_tokens, vocab_size=pair.vocab_size,
+                               eos_token_id=pair.tokenizer.eos_token_id)
 
-    speed_prompts = [p for d in DOMAINS for p in eval_prompts[d][:2]]
     before = alphas()
-    ar_rate, spec_before = speed(pair, pair.draft, speed_prompts, args)
-
-    size, serve_start = args.batch_size, time.perf_counter()
+    size = args.batch_size
     with tqdm(total=len(stream), desc=f"serving a {args.stream} stream") as progress:
         for first in range(0, len(stream), size):
             batch = stream[first:first + size]
@@ -160,46 +167,48 @@ def main(argv=None):
             else:  # batched speculative decoding, split by draft (osd_lab.batched)
                 decoder.serve_batch([p for _, p in batch], [d for d, _ in batch])
             progress.update(len(batch))
-    serve_wall = time.perf_counter() - serve_start  # updates included: they are serving time
-
     after = alphas()
-    ar_rate_2, spec_after = speed(pair, pair.draft, speed_prompts, args)
+
     h = decoder.history
     print(f"\nonline run: {args.queries} queries ({args.stream} stream over "
-          f"{', '.join(STREAM_ORDER)}), served in batches of {args.batch_size}, "
-          f"draft_len {args.draft_len}, update every "
+          f"{', '.join(STREAM_ORDER)}), served in batches of {size}, draft-length policy "
+          f"{args.draft_len_policy if size == 1 else 'bass'}"
+          f"{f', stop rule {args.stop_rule}' if args.stop_rule != 'none' else ''}, update every "
           f"{args.update_interval} queries, loss {args.loss}"
           f"{f' (AdaSPEC, k={args.keep_fraction})' if args.keep_fraction else ''}, "
-          f"{len(h['updates'])} updates, "
-          f"{len(h['skipped'])} skipped\n")
+          f"{len(h['updates'])} updates, {len(h['skipped'])} skipped\n")
+    print(f"held-out alpha ({n_eval} prompts per domain, greedy, draft_len 4, until "
+          f"end-of-text or {args.max_new_tokens} tokens):")
     print("| domain | alpha before | alpha after | change |\n|---|---:|---:|---:|")
     for d in DOMAINS:
         print(f"| {d} | {before[d]:.3f} | {after[d]:.3f} | {after[d] - before[d]:+.3f} |")
-    print(f"\nserved alpha per domain over its first and last queries in the stream "
-          f"({FIRST_LAST} each, or half of them if fewer):")
-    print("| domain | queries | first | last | change |\n|---|---:|---:|---:|---:|")
-    for d in STREAM_ORDER:
-        served = [a for domain, a in zip(h["domain"], h["alpha"]) if domain == d]
-        k = max(1, min(FIRST_LAST, len(served) // 2))
-        if served:
-            first, last = sum(served[:k]) / k, sum(served[-k:]) / k
-            print(f"| {d} | {len(served)} | {first:.3f} | {last:.3f} | {last - first:+.3f} |")
-    avg = moving_average(h["alpha"], 20)
-    print(f"\nmoving average of served alpha (20 queries): first {avg[min(19, len(avg) - 1)]:.3f}, "
-          f"last {avg[-1]:.3f}; per-query latency {sum(h['latency_s']) / len(h['latency_s']) * 1e3:.0f} ms")
-    print(f"serving throughput (batches of {args.batch_size}, updates included): "
-          f"{sum(h['new_tokens']) / serve_wall:.0f} tokens/s")
-    print(f"speed (greedy, {len(speed_prompts)} held-out prompts): autoregressive "
-          f"{(ar_rate + ar_rate_2) / 2:.0f} tokens/s; speculative {spec_before:.0f} tokens/s "
-          f"before ({spec_before / ar_rate:.2f}x), {spec_after:.0f} after "
-          f"({spec_after / ar_rate_2:.2f}x)")
+    print(f"\nserved tokens/s (decoding + updates) against plain decoding of the same queries "
+          f"in this run; 'last' is each block's last {LAST_FRACTION:.0%}:")
+    print("| block | queries | served tokens/s | plain tokens/s | speedup | last: speedup | "
+          "update share | mean gamma | served alpha, last |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    blocks = speed_by_block(h, LAST_FRACTION)
+    for d, block in blocks.items():
+        whole, last = block["all"], block["last"]
+        queries = [i for i, domain in enumerate(h["domain"]) if domain == d]
+        late = queries[-last["queries"]:]
+        gamma = sum(h["draft_len"][i] for i in queries) / len(queries)
+        known = [h["alpha"][i] for i in late if h["alpha"][i] == h["alpha"][i]]  # not NaN
+        alpha = f"{sum(known) / len(known):.3f}" if known else "-"
+        print(f"| {d} | {whole['queries']} | {whole['served_tps']:.0f} | "
+              f"{whole['baseline_tps']:.0f} | {whole['speedup']:.2f}x | {last['speedup']:.2f}x | "
+              f"{whole['update_share']:.1%} | {gamma:.1f} | {alpha} |")
+    total = served_speed(h)
+    print(f"| whole stream | {total['queries']} | {total['served_tps']:.0f} | "
+          f"{total['baseline_tps']:.0f} | {total['speedup']:.2f}x | | "
+          f"{total['update_share']:.1%} | | |")
 
+    window = max(1, min(20, min(b["all"]["queries"] for b in blocks.values())))
     fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
-    plot_alpha(h, axes[0])
-    plot_tau(h, axes[1])
+    plot_alpha(h, axes[0], window=window)
+    plot_speed(h, axes[1], window=window)
     fig.tight_layout()
-    fig.savefig(args.out / "online_alpha_tau.png", dpi=110)
-    print(f"\nplots saved to {args.out.resolve() / 'online_alpha_tau.png'}; "
+    fig.savefig(args.out / "online_alpha_speed.png", dpi=110)
+    print(f"\nplots saved to {args.out.resolve() / 'online_alpha_speed.png'}; "
           f"took {time.time() - start:.0f}s")
 
 

@@ -47,3 +47,19 @@ def plot_tau(history, ax=None, window=20):
     ax.set(xlabel="query", ylabel="tokens per target call",
            title="accepted tokens per step (+1 from the target)")
     return ax
+
+
+def plot_speed(history, ax=None, window=20):
+    """Served tokens/s (decoding + updates) and plain decoding of the same
+    queries (``baseline=True``), per query, as moving averages over ``window``."""
+    ax = ax or plt.subplots(figsize=(9, 3))[1]
+    served = [t / (d + u) for t, d, u in zip(history["new_tokens"], history["latency_s"],
+                                             history["update_s"])]
+    plain = [t / s for t, s in zip(history["baseline_tokens"], history["baseline_s"])]
+    ax.plot(moving_average(served, window), color="tab:orange", label="served (updates counted)")
+    ax.plot(moving_average(plain, window), color="grey", ls="--", label="plain decoding")
+    for i, _ in domain_shifts(history["domain"])[1:13]:
+        ax.axvline(i, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="query", ylabel=f"tokens/s (moving average, {window})", ylim=(0, None))
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
