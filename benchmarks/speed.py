@@ -1,27 +1,31 @@
-"""Speed, side by side in one process: autoregressive vs speculative vs transformers.
+"""Speed, side by side in one process: plain vs speculative (every policy) vs transformers.
 
-    python benchmarks/speed.py [--pair zoo] [--domain sql] [--prompts 20] [--tokens 64]
-                               [--draft-len 4] [--device cuda] [--dtype bfloat16]
+    python benchmarks/speed.py [--pair zoo] [--prompt-set heldout|unlike] [--prompts 20]
+                               [--tokens 64] [--repeats 2] [--threads 2]
+                               [--device cuda] [--dtype bfloat16]
 
-On the same prompts and device, greedy decoding with
+On the same prompts, device and threads, greedy decoding until end-of-text
+or ``--tokens`` with
   * ``autoregressive_generate`` (KV cache, the baseline),
-  * ``speculative_generate`` with a constant draft length and with the
-    "heuristic" dynamic draft length,
-  * transformers' assisted generation ``target.generate(assistant_model=draft)``
-    with the same constant draft length, and with transformers' own defaults.
-Every method's tokens must equal the baseline's; in float32 the script stops
-otherwise. In half precision it reports the prompts whose outputs differ: the
-target scores several tokens in one pass, whose rounding differs from a
-one-token pass, so near-ties may break the other way.
-It prints tokens/s, speedup over the baseline, alpha, tau, the cost model's
-predicted speedup from the measured alpha and c, and the verify ratio (one
-target pass over draft_len + 1 tokens / one over 1 token), which the cost
-model takes to be 1. Timings are totals over all prompts after one warm-up
-prompt; nothing here is a test.
+  * ``speculative_generate`` with each draft-length policy (constant gamma=4,
+    heuristic, goodput) and goodput with each stopping rule,
+  * transformers' ``generate`` alone and with ``assistant_model=draft`` and
+    its default schedule (heuristic from 20 with a confidence threshold of
+    0.4, on transformers 5).
+Each method is warmed up, then timed ``--repeats`` times over all prompts,
+methods interleaved, fastest total kept (``osd_lab.timing``). Every method's
+tokens must equal the baseline's (in float32 the script stops otherwise).
+Forward hooks count every method's target and draft passes per new token,
+which do not move with the machine's load. For our speculative methods the
+cost model predicts the speedup from the measured alpha, each step's draft
+length and the measured costs (c and the target's verify cost as a function
+of tokens, ``measure_costs``); the table shows measured / predicted.
 
---pair: "zoo", a preset of ``osd_lab.models.PRESETS``, or a random-initialised
-pair with real shapes from ``random_pairs.py`` ("random-qwen2.5": Qwen2.5
-0.5B drafting for 1.5B), which measures costs, not a trained pair's speedup.
+--prompt-set: "heldout", the held-out prompts of ``--domain``; "unlike",
+SQL questions over schemas and phrasings the zoo never saw (only with the
+sql domain). --pair: "zoo", a preset, or a random-initialised pair with real
+shapes from ``random_pairs.py`` (its alpha is an accident: costs only).
+Nothing here is a test.
 """
 
 import argparse
@@ -30,126 +34,191 @@ import time
 
 import torch
 
-from osd_lab.cost import (expected_tokens_per_step, measure_cost_ratio, measure_verify_ratio,
-                          speedup)
-from osd_lab.decoding import autoregressive_generate, speculative_generate
-from osd_lab.timing import clock
+from osd_lab.cost import expected_tokens_per_step, measure_costs
+from osd_lab.decoding import GenerationOutput, autoregressive_generate, speculative_generate
 from osd_lab.models import load_pair
 from osd_lab.sampling import get_device
+from osd_lab.timing import CountCalls, clock, time_side_by_side
 from osd_lab.zoo.corpus import load_corpus
 from random_pairs import RANDOM_PAIRS, random_pair
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# SQL prompts unlike the corpus: schemas it never saw, questions not from its templates.
+UNLIKE = [
+    ("books(id, title, author, pages, published); loans(id, book_id, member, due_year)",
+     "Which books have more than 300 pages?"),
+    ("cars(id, make, model, year, price); dealers(id, name, city)",
+     "Show every make and model made after 2015."),
+    ("patients(id, name, age, ward); visits(id, patient_id, doctor, visit_year)",
+     "How many patients are older than 60?"),
+    ("songs(id, title, artist, length, genre); plays(id, song_id, listener, play_year)",
+     "titles of rock songs longer than 240 seconds"),
+    ("teams(id, name, city, founded); players(id, name, team_id, goals)",
+     "Find the players who scored at least 10 goals."),
+    ("recipes(id, name, cuisine, minutes); ingredients(id, recipe_id, item, grams)",
+     "list italian recipes that take under 30 minutes"),
+    ("hotels(id, name, city, stars); bookings(id, hotel_id, guest, nights)",
+     "Which hotels in Paris have five stars?"),
+    ("courses(id, title, credits, level); enrollments(id, course_id, student, grade)",
+     "What is the average grade in each course?"),
+    ("ships(id, name, tonnage, built); voyages(id, ship_id, port, voyage_year)",
+     "Name the ships built before 1950."),
+    ("plants(id, species, height, region); surveys(id, plant_id, observer, survey_year)",
+     "count the plants in each region"),
+    ("stations(id, name, line, opened); trips(id, station_id, rider, trip_year)",
+     "Which stations opened after 2000, newest first?"),
+    ("games(id, title, studio, rating); sales(id, game_id, country, copies)",
+     "Total copies sold per game, highest first."),
+    ("museums(id, name, city, founded); exhibits(id, museum_id, title, visitors)",
+     "exhibits with more than 10000 visitors"),
+    ("bakeries(id, name, district); breads(id, bakery_id, kind, price)",
+     "What is the cheapest bread at each bakery?"),
+    ("rivers(id, name, length, country); bridges(id, river_id, name, built)",
+     "List rivers longer than 1000 km in Brazil."),
+    ("farms(id, owner, acres, county); harvests(id, farm_id, crop, tons)",
+     "Which farms harvested more than 50 tons of wheat?"),
+    ("clinics(id, name, town); vaccines(id, clinic_id, brand, doses)",
+     "how many doses did each clinic give"),
+    ("concerts(id, band, venue, concert_year); tickets(id, concert_id, price, sold)",
+     "Show concerts in 2023 with tickets above 80."),
+    ("gyms(id, name, city); members(id, gym_id, name, join_year)",
+     "Who joined a gym in Berlin before 2019?"),
+    ("libraries(id, name, branch); computers(id, library_id, model, working)",
+     "Find libraries whose computers are all working."),
+    ("airlines(id, name, country); planes(id, airline_id, model, seats)",
+     "Which airline has the most seats in total?"),
+]
 
-def run_ours(pair, prompts, tokens, **kwargs):
-    """Total wall time, the outputs, and pooled speculative stats."""
-    outputs, wall, alphas, new, calls = [], 0.0, [], 0, 0
-    for ids in prompts:
-        if kwargs:
-            out = speculative_generate(pair.target, pair.draft, ids, tokens,
-                                       vocab_size=pair.vocab_size, **kwargs)
-            alphas += out.stats["decided_alpha"]  # the positions verification decided
-            calls += out.stats["target_calls"]
-        else:
-            out = autoregressive_generate(pair.target, ids, tokens)
-        outputs.append(out.tokens.tolist())
-        wall += out.stats["wall_time_s"]
-        new += len(out.tokens)
-    stats = dict(alpha=sum(alphas) / len(alphas), tau=new / calls) if kwargs else {}
-    return wall, outputs, stats
+
+def unlike_prompts():
+    return [f"Schema: {schema}\nQuestion: {question}\nSQL:" for schema, question in UNLIKE]
 
 
-def run_hf(pair, prompts, tokens, assistant=None):
-    """transformers' generate; with ``assistant`` (generation-config overrides,
-    possibly empty) it uses the draft as assistant model."""
-    draft = None
-    if assistant is not None:
-        draft = copy.deepcopy(pair.draft)  # transformers keeps schedule state on it
-        draft.generation_config.update(**assistant)
-    outputs, wall = [], 0.0
-    for ids in prompts:
-        start = clock(pair.device)
-        out = pair.target.generate(ids, assistant_model=draft,
-                                   do_sample=False, max_new_tokens=tokens,
-                                   min_new_tokens=tokens, eos_token_id=None,
-                                   pad_token_id=pair.tokenizer.pad_token_id,
-                                   attention_mask=torch.ones_like(ids))
-        wall += clock(pair.device) - start
-        outputs.append(out[0, ids.shape[1]:].tolist())
-    return wall, outputs, {}
+def ours(pair, tokens, eos, **kwargs):
+    """Our decoder as ``f(ids) -> GenerationOutput``; stats also count calls."""
+    def decode(ids):
+        with CountCalls(target=pair.target, draft=pair.draft) as calls:
+            if kwargs:
+                out = speculative_generate(pair.target, pair.draft, ids, tokens, eos_token_id=eos,
+                                           vocab_size=pair.vocab_size, **kwargs)
+            else:
+                out = autoregressive_generate(pair.target, ids, tokens, eos_token_id=eos)
+        out.stats.update(target_passes=calls["target"], draft_passes=calls["draft"])
+        return out
+    return decode
+
+
+def transformers_generate(pair, tokens, eos, assistant=None):
+    """transformers' ``generate``, alone or with the draft as ``assistant_model``
+    (a copy: transformers keeps its schedule's state on the assistant)."""
+    draft = copy.deepcopy(pair.draft) if assistant else None
+
+    def decode(ids):
+        with CountCalls(target=pair.target, **({"draft": draft} if draft else {})) as calls:
+            start = clock(pair.device)
+            out = pair.target.generate(ids, assistant_model=draft, do_sample=False,
+                                       max_new_tokens=tokens, eos_token_id=eos,
+                                       pad_token_id=pair.tokenizer.pad_token_id,
+                                       attention_mask=torch.ones_like(ids))
+            wall = clock(pair.device) - start
+        new = out[0, ids.shape[1]:]
+        return GenerationOutput(new, dict(wall_time_s=wall, forward_passes=calls["target"],
+                                          target_passes=calls["target"],
+                                          draft_passes=calls.get("draft", 0)))
+    return decode
+
+
+def predicted_speedup(stats, costs):
+    """The cost model's speedup over plain decoding for the steps these runs
+    took: expected tokens of each step (alpha pooled over the runs, the step's
+    draft length) over its cost (g c + verify(g + 1), in one-token passes)."""
+    decided = [a for s in stats for a in s["decided_alpha"]]
+    alpha = sum(decided) / len(decided) if decided else 0.0
+    gammas = [g for s in stats for g in s["draft_lens"]]
+    tokens = sum(expected_tokens_per_step(alpha, g) for g in gammas)
+    cost = sum(g * costs.draft_step + costs.verify_cost(g + 1) for g in gammas)
+    return alpha, tokens / cost
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", default="zoo")
     parser.add_argument("--domain", default="sql")
+    parser.add_argument("--prompt-set", choices=("heldout", "unlike"), default="heldout")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--draft-len", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best)")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                         help="default: float32 for the zoo and on a CPU, else bfloat16")
     args = parser.parse_args(argv)
+    if args.prompt_set == "unlike" and args.domain != "sql":
+        parser.error("--prompt-set unlike has SQL prompts only: use --domain sql")
+    for flag, value in (("--prompts", args.prompts), ("--tokens", args.tokens),
+                        ("--repeats", args.repeats), ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{flag} must be an integer >= 1, got {value}")
+    torch.set_num_threads(args.threads)
     dtype = DTYPES.get(args.dtype)
     if args.pair in RANDOM_PAIRS:
         pair = random_pair(args.pair, args.device or get_device(), dtype)
     else:
         pair = load_pair(args.pair, device=args.device, dtype=dtype)
-    texts = load_corpus()[args.domain]["prompts"][:args.prompts + 1]
+    texts = (unlike_prompts() if args.prompt_set == "unlike"
+             else load_corpus()[args.domain]["prompts"])[:args.prompts + 1]
     prompts = [pair.tokenizer(t, return_tensors="pt").input_ids.to(pair.device) for t in texts]
-    warmup, prompts = prompts[:1], prompts[1:]
-    gamma = args.draft_len
+    warmup, prompts = prompts[0], prompts[1:]
+    eos, n = pair.tokenizer.eos_token_id, args.tokens
+    costs = measure_costs(pair.target, pair.draft)
     methods = {
-        "autoregressive (ours)": lambda p: run_ours(pair, p, args.tokens),
-        f"speculative (ours, gamma={gamma})": lambda p: run_ours(
-            pair, p, args.tokens, draft_len=gamma),
-        f"speculative (ours, heuristic from {gamma})": lambda p: run_ours(
-            pair, p, args.tokens, draft_len=gamma, draft_len_policy="heuristic"),
-        "transformers generate": lambda p: run_hf(pair, p, args.tokens),
-        f"transformers assisted (gamma={gamma})": lambda p: run_hf(
-            pair, p, args.tokens, dict(num_assistant_tokens=gamma,
-                                       num_assistant_tokens_schedule="constant",
-                                       assistant_confidence_threshold=0.0)),
-        "transformers assisted (defaults)": lambda p: run_hf(pair, p, args.tokens, {}),
+        "autoregressive (ours)": ours(pair, n, eos),
+        "speculative, constant gamma=4": ours(pair, n, eos, draft_len_policy="constant"),
+        "speculative, heuristic": ours(pair, n, eos, draft_len_policy="heuristic"),
+        "speculative, goodput": ours(pair, n, eos, draft_len_policy="goodput", costs=costs),
+        "speculative, goodput + confidence": ours(pair, n, eos, draft_len_policy="goodput",
+                                                  costs=costs, stop_rule="confidence"),
+        "speculative, goodput + entropy": ours(pair, n, eos, draft_len_policy="goodput",
+                                               costs=costs, stop_rule="entropy"),
+        "transformers generate": transformers_generate(pair, n, eos),
+        "transformers assisted (defaults)": transformers_generate(pair, n, eos, assistant=True),
     }
-    cost_ratio = measure_cost_ratio(pair)
-    verify_ratio = measure_verify_ratio(pair.target, gamma + 1)
     print(f"pair {pair.name} on {pair.device} in {str(pair.target.dtype).removeprefix('torch.')}, "
-          f"{torch.get_num_threads()} threads, domain {args.domain}, {len(prompts)} prompts x "
-          f"{args.tokens} tokens, greedy; measured c = {cost_ratio:.3f}, verify ratio "
-          f"({gamma + 1} tokens / 1) = {verify_ratio:.2f}")
-    results = {}
-    for name, run in methods.items():
-        run(warmup)
-        wall, outputs, stats = run(prompts)
-        results[name] = (wall, outputs, stats)
-    base_wall, base_outputs, _ = results["autoregressive (ours)"]
-    total = sum(len(o) for o in base_outputs)
-    print(f"\n| method | tokens/s | vs autoregressive | alpha | tau | cost-model prediction |")
-    print("|---|---:|---:|---:|---:|---:|")
-    differing = {}  # method: prompts whose output differs from the baseline's
-    for name, (wall, outputs, stats) in results.items():
-        differing[name] = sum(o != b for o, b in zip(outputs, base_outputs))
+          f"{torch.get_num_threads()} threads, {args.prompt_set} {args.domain} prompts: "
+          f"{len(prompts)} x up to {n} tokens (end-of-text stops), greedy, best of "
+          f"{args.repeats} interleaved; measured c = {costs.draft_step:.3f}, verify cost of "
+          f"2 / 5 / 9 / 17 tokens = {costs.verify[1]:.2f} / {costs.verify[4]:.2f} / "
+          f"{costs.verify[8]:.2f} / {costs.verify[16]:.2f} one-token passes")
+    results = time_side_by_side(methods, prompts, warmup, args.repeats)
+    base = results["autoregressive (ours)"]
+    assisted = results["transformers assisted (defaults)"]
+    print("\n| method | tokens/s | vs autoregressive | vs assisted | target calls / token | "
+          "draft calls / token | alpha | tau | predicted | measured / predicted |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    differing = {}
+    for name, r in results.items():
+        differing[name] = sum(o != b for o, b in zip(r["outputs"], base["outputs"]))
         if differing[name] and pair.target.dtype == torch.float32:
             raise SystemExit(f"{name}: greedy output differs from autoregressive decoding")
-        predicted = (f"{speedup(stats['alpha'], gamma, cost_ratio):.2f}x"
-                     if "gamma=" in name and stats else "")
-        alpha = f"{stats['alpha']:.3f}" if stats else ""
-        tau = f"{stats['tau']:.2f}" if stats else ""
-        print(f"| {name} | {total / wall:.1f} | {base_wall / wall:.2f}x | {alpha} | {tau} | "
-              f"{predicted} |")
-    if args.pair in RANDOM_PAIRS:  # its own alpha means nothing: what would a real one give?
-        step_cost = gamma * cost_ratio + verify_ratio  # in target one-token passes
-        predicted = ", ".join(f"alpha {a}: {expected_tokens_per_step(a, gamma) / step_cost:.2f}x"
-                              for a in (0.6, 0.7, 0.8, 0.9))
-        print(f"\nrandom weights: this pair's alpha is an accident. Cost model with the measured "
-              f"c and verify ratio, gamma={gamma}, predicts {predicted}")
-    differing = {name: n for name, n in differing.items() if n}
+        rate = r["tokens"] / r["wall_s"]
+        speed = base["wall_s"] / r["wall_s"]
+        target_calls = sum(s["target_passes"] for s in r["stats"]) / r["tokens"]
+        draft_calls = sum(s["draft_passes"] for s in r["stats"]) / r["tokens"]
+        cells = ["", "", "", ""]
+        if "decided_alpha" in r["stats"][0]:
+            alpha, predicted = predicted_speedup(r["stats"], costs)
+            tau = r["tokens"] / sum(s["target_calls"] for s in r["stats"])
+            cells = [f"{alpha:.3f}", f"{tau:.2f}", f"{predicted:.2f}x", f"{speed / predicted:.0%}"]
+        print(f"| {name} | {rate:.1f} | {speed:.2f}x | {assisted['wall_s'] / r['wall_s']:.2f}x | "
+              f"{target_calls:.3f} | {draft_calls:.3f} | " + " | ".join(cells) + " |")
+    print("\n(target calls count the prefill too; tokens per prompt: "
+          f"{base['tokens'] / len(prompts):.1f} on average)")
+    differing = {name: k for name, k in differing.items() if k}
     if not differing:
-        print("\nall greedy outputs agree token for token")
-    for name, n in differing.items():
-        print(f"\n{name}: {n} of {len(prompts)} prompts differ from autoregressive decoding "
+        print("all greedy outputs agree token for token")
+    for name, k in differing.items():
+        print(f"{name}: {k} of {len(prompts)} prompts differ from autoregressive decoding "
               f"(half precision: near-ties round differently in multi-token passes)")
 
 

@@ -110,7 +110,8 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     new_tokens = []
     for _ in range(max_new_tokens):
         # 1. one forward pass: only the last position's logits matter
-        logits = forward(model, step_input, cache, use_cache=use_cache).logits[:, -1]
+        logits = forward(model, step_input, cache, last_only=True,
+                         use_cache=use_cache).logits[:, -1]
         # 2. logits -> probabilities -> one token, shape (1,)
         token = sample(logits_to_probs(logits, temperature, top_k, top_p), generator,
                        validate=False)  # checked once, above
@@ -242,8 +243,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     # Invariant: both caches hold every token but the last; the models have yet
     # to read `pending` (the draft also x_G after a fully accepted block).
     if input_ids.shape[1] > 1:
-        forward(target, input_ids[:, :-1], target_cache)
-        forward(draft, input_ids[:, :-1], draft_cache)
+        forward(target, input_ids[:, :-1], target_cache, last_only=True)  # logits unread
+        forward(draft, input_ids[:, :-1], draft_cache, last_only=True)
     target_pending = draft_pending = input_ids[:, -1:]  # (1, 1)
     new_tokens = []  # list of (n,) tensors
     num_new, gamma = 0, draft_len
@@ -255,7 +256,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         drafted, q = [], []
         draft_input = draft_pending
         for i in range(min(gamma, room)):
-            logits = forward(draft, draft_input, draft_cache).logits[:, -1]
+            logits = forward(draft, draft_input, draft_cache, last_only=True).logits[:, -1]
             q_i = probs(logits)
             x_i = sample(q_i, generator, validate=False)  # (1,)
             drafted.append(x_i)

@@ -32,11 +32,13 @@ def target_passes(out) -> int:
 
 def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
                       repeats: int = 2) -> dict:
-    """``{name: dict(wall_s, tokens, passes, outputs)}`` for decoders ``name -> f(ids)``.
+    """``{name: dict(wall_s, tokens, passes, outputs, stats)}`` for decoders
+    ``name -> f(ids)`` returning a ``GenerationOutput``.
 
     warmup: one prompt every decoder reads first, untimed (None: already warm).
     wall_s is the fastest of ``repeats`` totals; tokens and passes are summed
-    over the prompts; outputs are the token lists (the same on every repeat).
+    over the prompts; outputs are the token lists (the same on every repeat);
+    stats, each prompt's ``stats`` dict of the last repeat.
     """
     if warmup is not None:
         for decode in decoders.values():
@@ -49,5 +51,30 @@ def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
                 wall_s=min(results[name]["wall_s"], sum(r.stats["wall_time_s"] for r in runs)),
                 tokens=sum(len(r.tokens) for r in runs),
                 passes=sum(target_passes(r) for r in runs),
-                outputs=[r.tokens.tolist() for r in runs])
+                outputs=[r.tokens.tolist() for r in runs], stats=[r.stats for r in runs])
     return results
+
+
+class CountCalls:
+    """Counts the forward passes of models, inside any decoder (transformers'
+    ``generate`` included), with forward hooks::
+
+        with CountCalls(target=pair.target, draft=pair.draft) as calls:
+            pair.target.generate(ids, assistant_model=pair.draft)
+        calls["target"], calls["draft"]
+    """
+
+    def __init__(self, **models):
+        self.models, self.counts, self.hooks = models, dict.fromkeys(models, 0), []
+
+    def __enter__(self) -> dict:
+        for name, model in self.models.items():
+            def hook(module, args, output, name=name):
+                self.counts[name] += 1
+            self.hooks.append(model.register_forward_hook(hook))
+        return self.counts
+
+    def __exit__(self, *exc):
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()

@@ -35,3 +35,11 @@ def test_cache_keyword_is_one_the_model_takes():
 def test_negative_rollback_refused():
     with pytest.raises(ValueError, match="num_tokens must be >= 0"):
         rollback(new_cache(tiny_model("llama")), -1)
+
+
+def test_last_only_computes_the_last_positions_logits_alone():
+    model = tiny_model("llama", seed=0)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    full = forward(model, ids, new_cache(model)).logits
+    last = forward(model, ids, new_cache(model), last_only=True).logits
+    assert last.shape[1] == 1 and torch.allclose(last[:, -1], full[:, -1], atol=1e-6)

@@ -136,3 +136,18 @@ def test_bad_policy_settings_are_refused(kwargs, message):
 def test_bad_costs_and_policies_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_count_calls_counts_forward_passes_inside_generate():
+    from osd_lab.timing import CountCalls
+    target, draft = tiny_model("llama", seed=0), tiny_model("llama", seed=1, layers=1)
+    ids = torch.tensor([[3, 4, 5]])
+    with CountCalls(target=target, draft=draft) as calls:
+        out = speculative_generate(target, draft, ids, 8, draft_len_policy="constant")
+    assert calls == {"target": out.stats["target_calls"] + 1,  # + the prefill
+                     "draft": out.stats["draft_calls"] + 1}
+    with CountCalls(target=target) as calls:
+        target.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert calls["target"] == 5
+    target(ids)  # hooks removed on exit
+    assert calls["target"] == 5
