@@ -7,7 +7,7 @@ and distils on prompts cut from the *training* documents of its weak domains
 (code, prose, math), with target-generated continuations (DistillSpec's
 "target" data source), the same prompts, steps, batch size and learning rate.
 Then exact alpha and tau of speculative decoding (draft_len 4) are measured on
-each domain's *held-out* prompts, greedy and at temperature 1. AdaSPEC also
+each domain's *held-out* prompts (until end-of-text), greedy and at temperature 1. AdaSPEC also
 trains its reference model for the same number of steps first (twice the
 compute; said in the table). Prints a markdown table; nothing here is a test.
 """
@@ -16,7 +16,8 @@ import argparse
 import copy
 import time
 
-from osd_lab.distill import acceptance_rate, adaspec, distill
+from osd_lab.distill import adaspec, distill
+from osd_lab.evaluation import acceptance_rate
 from osd_lab.models import load_pair
 from osd_lab.sampling import set_seed
 from osd_lab.zoo.corpus import DOMAINS, load_corpus
@@ -35,7 +36,8 @@ def evaluate(pair, draft, eval_prompts):
     """{(domain, temperature): (alpha, tau)} on held-out prompts."""
     return {(domain, temperature): acceptance_rate(pair.target, draft, prompts,
                                                    temperature=temperature,
-                                                   vocab_size=pair.vocab_size)
+                                                   vocab_size=pair.vocab_size,
+                                                   eos_token_id=pair.tokenizer.eos_token_id)
             for domain, prompts in eval_prompts.items() for temperature in (0.0, 1.0)}
 
 
