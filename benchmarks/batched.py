@@ -88,7 +88,7 @@ def run_sequential(pair, prompts, tokens, draft_len, now):
     for ids in prompts:
         start = now()
         out = speculative_generate(pair.target, pair.draft, ids, tokens, draft_len=draft_len,
-                                   vocab_size=pair.vocab_size)
+                                   draft_len_policy="constant", vocab_size=pair.vocab_size)
         wall += now() - start
         calls += out.stats["target_calls"]
         decided += out.stats["decided_alpha"]

@@ -50,6 +50,7 @@ def methods(pair, streaming, medusa, args):
         f"draft model (gamma={args.draft_len})": (
             lambda ids: speculative_generate(pair.target, pair.draft, ids, tokens,
                                              draft_len=args.draft_len,
+                                             draft_len_policy="constant",
                                              vocab_size=pair.vocab_size),
             pair.draft.num_parameters()),
     }
