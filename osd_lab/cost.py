@@ -156,8 +156,9 @@ _COSTS = weakref.WeakKeyDictionary()  # target -> {draft: SpeculationCosts}
 
 def _interpolate(points: dict, n: int) -> float:
     """Linear interpolation of ``{tokens: cost}`` at ``n`` (within its range)."""
-    low = max(k for k in points if k <= n)
-    high = min(k for k in points if k >= n)
+    sizes = [k for k in points if isinstance(k, int)]
+    low = max(k for k in sizes if k <= n)
+    high = min(k for k in sizes if k >= n)
     if low == high:
         return points[low]
     return points[low] + (points[high] - points[low]) * (n - low) / (high - low)
@@ -171,8 +172,10 @@ def measure_costs(target: PreTrainedModel, draft: PreTrainedModel, prompt_len: i
     c = one draft pass / one target pass, and the target's pass over n = 1..17
     new tokens / its one-token pass (measured at ``COST_TOKENS``, linear in
     between, and made non-decreasing: noise must not make 3 tokens look
-    cheaper than 2). Each pass is the fastest of ``repeats``. About 1 s on
-    the zoo; ``cached`` keeps the answer per (target, draft) for the session.
+    cheaper than 2). The passes are timed in ``repeats`` rounds, each round
+    every size once (interleaved: a burst of load from other programs hits
+    every size alike), keeping each size's fastest. About 1 s on the zoo;
+    ``cached`` keeps the answer per (target, draft) for the session.
     """
     check_int("prompt_len", prompt_len, low=1)
     check_int("repeats", repeats, low=1)
@@ -181,12 +184,15 @@ def measure_costs(target: PreTrainedModel, draft: PreTrainedModel, prompt_len: i
         return known[draft]
     limit = context_length(target)
     tokens = [n for n in COST_TOKENS if limit is None or prompt_len + n <= limit]
-    times = {n: measure_pass_time(target, 1, n, prompt_len, repeats) for n in tokens}
+    times = dict.fromkeys([*tokens, "draft"], float("inf"))
+    for _ in range(repeats):
+        for n in times:
+            model, size = (draft, 1) if n == "draft" else (target, n)
+            times[n] = min(times[n], measure_pass_time(model, 1, size, prompt_len, repeats=1))
     one = times[1]
     verify = [1.0]
     for n in range(2, tokens[-1] + 1):  # non-decreasing, starting at exactly 1
         verify.append(max(verify[-1], _interpolate(times, n) / one))
-    costs = SpeculationCosts(measure_pass_time(draft, 1, 1, prompt_len, repeats) / one,
-                             tuple(verify))
+    costs = SpeculationCosts(times["draft"] / one, tuple(verify))
     known[draft] = costs
     return costs
