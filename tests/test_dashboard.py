@@ -1,3 +1,4 @@
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -7,15 +8,17 @@ pytest.importorskip("ipywidgets", reason="the dashboard needs ipywidgets (absent
                     "lent GPU machine, which runs the device tests only)")
 
 from conftest import noisy_copy, tiny_model
-from osd_lab.dashboard import Dashboard, check_settings
+from osd_lab.dashboard import DEFAULTS, Dashboard, check_settings, moving_window, status_line
 from osd_lab.models import ZOO_DIR
+from osd_lab.online import OnlineSpeculativeDecoder
 
 pytestmark = pytest.mark.widgets  # make test-min runs these on the lowest ipywidgets
 
 PROMPTS = {"sql": ["SELECT name FROM", "SELECT id FROM books WHERE"],
            "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
 GOOD = dict(draft_len=3, update_interval=2, temperature=0.0, loss="fkl", stream="sharp",
-            queries=6)
+            queries=6, buffer_size=16, lr=1e-3, keep_fraction=0.0,
+            draft_len_policy="constant")
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +39,26 @@ def dashboard():
     (dict(draft_len=float("nan")), "draft_len"), (dict(queries=float("inf")), "queries"),
     (dict(draft_len=2.0), "draft_len must be an integer"),
     (dict(temperature=float("inf")), "temperature"),
+    # the new controls: each message names the setting and what it allows
+    (dict(buffer_size=4), r"buffer_size must be an integer in \[8, 512\], got 4"),
+    (dict(buffer_size=1024), "buffer_size must be an integer in"),
+    (dict(buffer_size=16.0), "buffer_size must be an integer"),
+    (dict(lr=0.0), r"lr must be a finite number in \[1e-05, 0.01\], got 0.0"),
+    (dict(lr=0.5), "lr must be"), (dict(lr=float("nan")), "lr must be"),
+    (dict(lr="1e-3"), "lr must be"),
+    (dict(keep_fraction=-0.1), r"keep_fraction \(0: off, else AdaSPEC's k\) must be a finite "
+                               r"number in \[0.0, 1.0\], got -0.1"),
+    (dict(keep_fraction=1.5), "keep_fraction"), (dict(keep_fraction=None), "keep_fraction"),
+    (dict(draft_len_policy="adaptive"),
+     r"draft_len_policy must be one of \('constant', 'heuristic', 'goodput'\), got 'adaptive'"),
+    (dict(draft_len_policy=None), "draft_len_policy"),
 ])
 def test_bad_widget_values_are_reported_not_run(dashboard, change, message):
     with pytest.raises(ValueError, match=message):
         check_settings(**(GOOD | change))
     assert dashboard.run(GOOD | change) is None
-    assert "Not run" in dashboard.status.value and message in dashboard.status.value
+    assert "Not run" in dashboard.status.value
+    assert change.popitem()[0].split()[0] in dashboard.status.value
 
 
 def test_missing_or_unknown_settings_are_reported(dashboard):
@@ -54,19 +71,97 @@ def test_missing_or_unknown_settings_are_reported(dashboard):
     assert dashboard.run(["draft_len"]) is None and "settings must be a dict" in dashboard.status.value
 
 
-def test_run_writes_status_and_plot_into_widgets(dashboard):
+def test_defaults_are_the_widgets_and_pass_the_check(dashboard):
+    fresh = Dashboard(dashboard.pair, PROMPTS)
+    assert fresh.settings() == DEFAULTS
+    check_settings(**DEFAULTS)
+    # the lr slider's ends are inside the check's range (FloatLogSlider computes base ** exponent)
+    for exponent in (fresh.controls["lr"].min, fresh.controls["lr"].max):
+        fresh.controls["lr"].value = 10.0 ** exponent
+        check_settings(**fresh.settings())
+
+
+def test_run_writes_status_progress_and_plot_into_widgets(dashboard):
     draft_before = [p.clone() for p in dashboard.pair.draft.parameters()]
     decoder = dashboard.run(GOOD)
-    assert len(decoder.history["alpha"]) == 6 and len(decoder.history["updates"]) == 3
-    assert dashboard.status.value.startswith("query 6/6") and "autoregressive" in dashboard.status.value
+    h = decoder.history
+    assert len(h["alpha"]) == 6 and len(h["updates"]) == 3
+    # every query also decoded plainly: the speedup's baseline is the same queries
+    assert len(h["baseline_s"]) == 6 and all(s > 0 for s in h["baseline_s"])
+    status = dashboard.status.value
+    assert status.startswith("query 6/6: served") and "vs plain decoding" in status
+    assert "x</b>" in status and "mean alpha" in status and "3 updates" in status
+    assert (dashboard.progress.value, dashboard.progress.max) == (6, 6)
     assert dashboard.plot.value[:4] == b"\x89PNG"
+    assert not dashboard.button.disabled
     # the dashboard distils a copy: the pair's draft is untouched
     assert all((a == b).all() for a, b in zip(draft_before, dashboard.pair.draft.parameters()))
+
+
+def test_settings_reach_the_decoder(dashboard):
+    decoder = dashboard.run(GOOD | dict(buffer_size=8, lr=1e-4, keep_fraction=0.5,
+                                        draft_len_policy="heuristic", draft_len=2))
+    assert decoder.buffers["draft"].maxlen == 8 and decoder.keep_fraction == 0.5
+    assert decoder.optimizers["draft"].param_groups[0]["lr"] == 1e-4
+    assert decoder.references  # AdaSPEC's reference draft
+    assert decoder.policies["draft"] == ("heuristic", 2)
+    plain = dashboard.run(GOOD)  # keep fraction 0: plain distillation, no reference
+    assert plain.keep_fraction is None and not plain.references
+
+
+def test_goodput_costs_are_measured_once(dashboard):
+    first = dashboard.run(GOOD | dict(draft_len_policy="goodput", queries=2))
+    costs = dashboard.costs
+    assert costs is not None and first.policies["draft"][0].costs is costs
+    second = dashboard.run(GOOD | dict(draft_len_policy="goodput", queries=2))
+    assert second.policies["draft"][0].costs is costs
+    assert dashboard.status.value.startswith("query 2/2")
+
+
+def test_run_button_is_disabled_during_a_run(dashboard):
+    seen = []  # the button's state whenever the run writes its status
+    watch = lambda change: seen.append(dashboard.button.disabled)  # noqa: E731
+    dashboard.status.observe(watch, "value")
+    try:
+        dashboard.run(GOOD)
+    finally:
+        dashboard.status.unobserve(watch, "value")
+    assert seen and all(seen) and not dashboard.button.disabled
+
+
+def test_run_button_comes_back_after_an_error(dashboard, monkeypatch):
+    def broken(self, prompt, domain=None):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(OnlineSpeculativeDecoder, "serve", broken)
+    with pytest.raises(RuntimeError):
+        dashboard.run(GOOD)
+    assert not dashboard.button.disabled
+
+
+def test_moving_window_stays_inside_a_domain_block():
+    assert moving_window("sharp", ["sql"] * 30 + ["math"] * 30) == 20
+    assert moving_window("sharp", ["sql"] * 30 + ["math"] * 7 + ["code"] * 30) == 7
+    assert moving_window("iid", ["sql", "math"] * 30) == 20
+    assert moving_window("smooth", ["sql"] * 5) == 5
+
+
+def test_status_skips_queries_that_drafted_nothing():
+    history = dict(domain=["sql"] * 3, alpha=[0.5, math.nan, 0.7], new_tokens=[8, 8, 8],
+                   latency_s=[0.1, 0.1, 0.1], update_s=[0.0, 0.1, 0.0],
+                   baseline_s=[0.1, 0.1, 0.1], baseline_tokens=[8, 8, 8], updates=[(2, "d", 1, 1)])
+    line = status_line(history, 3, 5)
+    assert line.startswith("query 3/5") and "mean alpha 0.600" in line and "1 updates" in line
+    assert "0.75x" in line and "updates 25% of the time" in line
+    assert "n/a" in status_line(history | dict(alpha=[math.nan] * 3), 3, 3)
 
 
 def test_widget_values_feed_the_run(dashboard):
     dashboard.controls["queries"].value = 3
     dashboard.controls["draft_len"].value = 2
-    assert dashboard.settings()["queries"] == 3
+    dashboard.controls["draft_len_policy"].value = "constant"
+    dashboard.controls["buffer_size"].value = 64
+    dashboard.controls["lr"].value = 1e-4
+    dashboard.controls["keep_fraction"].value = 0.5
+    assert dashboard.settings()["queries"] == 3 and dashboard.settings()["keep_fraction"] == 0.5
     dashboard.button.click()
     assert dashboard.status.value.startswith("query 3/3")
