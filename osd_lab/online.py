@@ -17,6 +17,7 @@ Taught in ``notebooks/06_online_speculative_decoding``.
 
 import copy
 import random
+import warnings
 from collections import deque
 
 import torch
@@ -24,8 +25,10 @@ import torch
 from osd_lab.batched import batched_speculative_generate
 from osd_lab.checks import check_choice, check_float, check_int, check_seed
 from osd_lab.decoding import speculative_generate
-from osd_lab.distill import guarded_step, make_batch, select_tokens
-from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
+from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, default_lr,
+                             default_warmup_updates, guarded_step, make_batch, select_tokens)
+from osd_lab.divergences import DIVERGENCES, compress, masked_mean, token_divergence
+from osd_lab.models import output_vocab_size
 
 STREAMS = ("sharp", "smooth", "iid")
 
@@ -161,6 +164,16 @@ class OnlineSpeculativeDecoder:
     draft then has a reference copy, distilled with forward KL on the same
     batches, and the draft trains only on the top k of tokens by
     delta = KL(p || q_draft) - KL(p || q_reference).
+    lr: None picks ``default_lr`` by the draft's size (1e-3 for the zoo,
+    1e-5 for a 0.5B draft); warmup_updates: updates over which lr ramps up
+    linearly (None: ``default_warmup_updates``, 0 for the zoo).
+    lora_rank: None fine-tunes every weight; an integer adds LoRA adapters of
+    that rank to each draft (``add_lora``, needs ``peft``): the drafts' base
+    weights never move, and an update saves only the adapters for its undo.
+    buffer_top_k: the buffer keeps, per position, the target's top k
+    log-probabilities and the mass of the rest (``divergences.compress``; 64
+    of 151936 Qwen tokens hold 64 * 8 + 4 bytes instead of 600 kB); None
+    keeps the full logits.
 
     ``history`` holds per query: ``domain``, ``draft`` (which served it),
     ``alpha`` (the query's ``verified_alpha``), ``tau``, ``new_tokens``,
@@ -170,20 +183,26 @@ class OnlineSpeculativeDecoder:
     """
 
     def __init__(self, target, drafts, tokenizer, draft_len=4, update_interval=8,
-                 loss="fkl", buffer_size=128, lr=1e-3, batch_size=8, max_new_tokens=32,
-                 temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0):
+                 loss="fkl", buffer_size=128, lr=None, batch_size=8, max_new_tokens=32,
+                 temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0,
+                 warmup_updates=None, lora_rank=None, buffer_top_k=64):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
                             ("draft_len", draft_len), ("batch_size", batch_size)):
             check_int(name, value, low=1)
         check_choice("loss", loss, DIVERGENCES)
         if keep_fraction is not None:
             check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
-        check_float("lr", lr, low=0, low_open=True)
+        if lr is not None:
+            check_float("lr", lr, 0, 1, low_open=True)
+        if warmup_updates is not None:
+            check_int("warmup_updates", warmup_updates, low=0)
         check_int("max_new_tokens", max_new_tokens, low=2)  # with 1, nothing is drafted
         check_float("temperature", temperature, low=0)
         seed = check_seed(seed)
         if vocab_size is not None:
             check_int("vocab_size", vocab_size, low=1)  # its upper bound: check_pair
+        if buffer_top_k is not None:
+            check_int("buffer_top_k", buffer_top_k, 1, vocab_size or output_vocab_size(target))
         self.drafts = drafts if isinstance(drafts, dict) else {"draft": drafts}
         if not self.drafts:
             raise ValueError("drafts must be a model or a non-empty dict {name: model}, got {}")
@@ -197,13 +216,30 @@ class OnlineSpeculativeDecoder:
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.temperature, self.vocab_size = temperature, vocab_size
         self.buffers = {name: deque(maxlen=buffer_size) for name in self.drafts}
-        self.keep_fraction = keep_fraction
+        self.keep_fraction, self.buffer_top_k = keep_fraction, buffer_top_k
+        if lora_rank is not None:  # every draft checked before any is changed
+            for draft in self.drafts.values():
+                check_lora_rank(draft, lora_rank)
+            for draft in self.drafts.values():
+                add_lora(draft, lora_rank)
+        for name, draft in self.drafts.items():
+            if lora_rank is None and draft.dtype in (torch.float16, torch.bfloat16):
+                warnings.warn(f"draft {name!r} is {draft.dtype}: full fine-tuning in half "
+                              f"precision rounds small steps away; pass lora_rank (its "
+                              f"adapters train in float32) or load the draft in float32")
         # AdaSPEC: a reference per draft, from the same weights, trained with plain FKL
         self.references = ({name: copy.deepcopy(d) for name, d in self.drafts.items()}
                            if keep_fraction is not None else {})
         models = {**self.drafts, **{("reference", n): r for n, r in self.references.items()}}
-        self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
-                           for name, m in models.items()}
+        self.optimizers, self.schedulers = {}, {}
+        for key, model in models.items():
+            trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: adapters
+            self.optimizers[key] = torch.optim.AdamW(
+                trainable, lr=default_lr(model, lora_rank) if lr is None else lr,
+                weight_decay=0.0)
+            warmup = default_warmup_updates(model) if warmup_updates is None else warmup_updates
+            self.schedulers[key] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers[key], lambda step, w=warmup: min(1.0, (step + 1) / (w + 1)))
         self.rng = random.Random(seed)
         self.generator = torch.Generator(device=target.device).manual_seed(seed)
         self.history = {k: [] for k in ("domain", "draft", "alpha", "tau", "new_tokens",
@@ -278,7 +314,9 @@ class OnlineSpeculativeDecoder:
         domain, and append it to ``history``."""
         if stats["corrections"]:  # keep the query, with the target's logits
             sequence = torch.cat([ids[0], tokens]).cpu()
-            self.buffers[name].append((sequence, ids.shape[1], stats["target_logits"].cpu()))
+            logits = stats["target_logits"]  # (N, V)
+            kept = compress(logits, self.buffer_top_k) if self.buffer_top_k else logits
+            self.buffers[name].append((sequence, ids.shape[1], kept.to("cpu")))
         if self.router:
             self.router.observe(ids, domain)
         h = self.history
@@ -298,10 +336,9 @@ class OnlineSpeculativeDecoder:
             return
         batch = self.rng.sample(list(buffer), min(self.batch_size, len(buffer)))
         ids, mask = make_batch([seq for seq, _, _ in batch], [n for _, n, _ in batch])
-        vocab = batch[0][2].shape[-1]
-        target_logits = torch.zeros(*mask.shape, vocab)  # (B, L - 1, V), aligned t -> t + 1
-        for row, (_, prompt_len, logits) in enumerate(batch):
-            target_logits[row, prompt_len - 1:prompt_len - 1 + len(logits)] = logits
+        # (B, L - 1, V) logits, or a CompactDistribution of (B, L - 1) positions
+        target_logits = batch_targets([t for _, _, t in batch], [n for _, n, _ in batch],
+                                      mask.shape)
         ids, mask = ids.to(draft.device), mask.to(draft.device)
         target_logits = target_logits.to(draft.device)
         query = len(self.history["domain"])
@@ -323,12 +360,14 @@ class OnlineSpeculativeDecoder:
         new logits on ``ids`` are not finite (``guarded_step``), and the per-token
         divergence ``(B, L - 1)`` before the step."""
         model.train()
-        draft_logits = model(ids).logits[:, :-1, :target_logits.shape[-1]]  # (B, L - 1, V)
+        draft_logits = model(ids).logits[:, :-1, :self.vocab_size]  # (B, L - 1, V)
         per_token = token_divergence(loss, target_logits, draft_logits)  # (B, L - 1)
         if reference_loss is not None:
-            mask = select_tokens(forward_kl(target_logits, draft_logits), reference_loss, mask,
-                                 self.keep_fraction)
+            mask = select_tokens(token_divergence("fkl", target_logits, draft_logits),
+                                 reference_loss, mask, self.keep_fraction)
         value = masked_mean(per_token, mask)
         ok = guarded_step(model, self.optimizers[key], value, ids)  # never serve a broken draft
+        if ok:
+            self.schedulers[key].step()  # warm-up counts the updates taken
         model.eval()
         return (value.item() if ok else None), per_token.detach()
