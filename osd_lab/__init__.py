@@ -19,8 +19,9 @@ from osd_lab.cost import (expected_tokens_per_step, measure_cost_ratio, measure_
                           measure_verify_ratio, optimal_draft_len, speedup)
 from osd_lab.decoding import (GenerationOutput, autoregressive_generate, clock,
                               speculative_generate)
-from osd_lab.distill import acceptance_rate, adaspec, cut_prompts, distill
-from osd_lab.divergences import forward_kl, jsd, masked_mean, reverse_kl, tvd
+from osd_lab.distill import acceptance_rate, adaspec, add_lora, cut_prompts, default_lr, distill
+from osd_lab.divergences import (CompactDistribution, compact_divergence, compress, forward_kl,
+                                  jsd, masked_mean, reverse_kl, tvd)
 from osd_lab.medusa import MedusaHeads, MedusaModel, load_medusa_model
 from osd_lab.metrics import (acceptance_along_greedy, alpha_on_documents, decode_step_time,
                              perplexity)
@@ -35,11 +36,12 @@ from osd_lab.verify import Verification, overlap, residual_distribution, verify
 _LAZY = {"plot_alpha": "plots", "plot_tau": "plots", "Dashboard": "dashboard"}
 
 __all__ = sorted([
-    "ArgumentError", "GenerationOutput", "LearnedRouter", "MedusaHeads", "MedusaModel",
+    "ArgumentError", "CompactDistribution", "GenerationOutput", "LearnedRouter", "MedusaHeads", "MedusaModel",
     "ModelPair", "OnlineSpeculativeDecoder", "OracleRouter", "StreamingModel", "Streams",
-    "Verification", "acceptance_along_greedy", "acceptance_rate", "adaspec",
+    "Verification", "acceptance_along_greedy", "acceptance_rate", "adaspec", "add_lora",
     "alpha_on_documents", "autoregressive_generate", "bass_draft_len",
-    "batched_autoregressive_generate", "batched_speculative_generate", "clock", "cut_prompts",
+    "batched_autoregressive_generate", "batched_speculative_generate", "clock", "compact_divergence",
+    "compress", "cut_prompts", "default_lr",
     "decode_step_time", "distill", "expected_tokens_per_step", "forward_kl", "get_device",
     "jsd", "keep_rows", "load_medusa_model", "load_pair", "load_streaming_model",
     "logits_to_probs", "make_stream", "masked_mean", "measure_cost_ratio",
