@@ -129,8 +129,8 @@ def test_compress_keeps_the_top_tokens_and_the_exact_tail_mass():
 
 
 def test_a_compact_buffer_of_128_queries_at_qwens_vocabulary_is_small():
-    """128 queries x 32 positions x 151936 ids: 2.5 GB as float32 logits,
-    about 2 MB at top-64 (64 log-probs, 64 ids and one tail per position)."""
+    """128 queries x 32 positions x 151936 ids: 2.3 GiB as float32 logits,
+    2.0 MiB at top-64 (64 log-probs, 64 ids and one tail per position)."""
     one_query = compress(torch.randn(32, 151936), 64)
     assert isinstance(one_query, CompactDistribution)
     assert 128 * one_query.nbytes == 128 * 32 * (64 * 8 + 4) < 2**30
