@@ -7,8 +7,8 @@ VENV ?= .venv
 MIN_VENV ?= .venv-min
 # A CPU build: an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
-# The lower bounds of pyproject.toml's transformers and ipywidgets ranges, pinned.
-LOWEST := $(shell sed -n 's/^ *"\(transformers\|ipywidgets\)>=\([0-9.]*\).*/\1==\2/p' pyproject.toml)
+# The lower bounds of pyproject.toml's transformers, ipywidgets and peft ranges, pinned.
+LOWEST := $(shell sed -n 's/^ *"\(transformers\|ipywidgets\|peft\)>=\([0-9.]*\).*/\1==\2/p' pyproject.toml)
 BIN := $(VENV)/bin
 
 .PHONY: setup run test test-min

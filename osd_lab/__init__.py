@@ -19,8 +19,9 @@ from osd_lab.cost import (SpeculationCosts, decode_step_time, expected_tokens_pe
                           measure_cost_ratio, measure_costs, measure_pass_time,
                           measure_verify_ratio, optimal_draft_len, speedup)
 from osd_lab.decoding import GenerationOutput, autoregressive_generate, speculative_generate
-from osd_lab.distill import adaspec, cut_prompts, distill
-from osd_lab.divergences import forward_kl, jsd, masked_mean, reverse_kl, tvd
+from osd_lab.distill import adaspec, add_lora, cut_prompts, default_lr, distill
+from osd_lab.divergences import (CompactDistribution, compact_divergence, compress, forward_kl,
+                                  jsd, masked_mean, reverse_kl, tvd)
 from osd_lab.evaluation import acceptance_rate, alpha_by_domain, served_speed, speed_by_block
 from osd_lab.medusa import MedusaHeads, MedusaModel, load_medusa_model
 from osd_lab.metrics import acceptance_along_greedy, alpha_on_documents, perplexity
@@ -36,12 +37,13 @@ from osd_lab.verify import Verification, overlap, residual_distribution, verify
 _LAZY = {"plot_alpha": "plots", "plot_tau": "plots", "Dashboard": "dashboard"}
 
 __all__ = sorted([
-    "ArgumentError", "GenerationOutput", "GoodputPolicy", "LearnedRouter", "MedusaHeads",
-    "MedusaModel", "ModelPair", "OnlineSpeculativeDecoder", "OracleRouter", "SpeculationCosts",
-    "StreamingModel", "Streams", "Verification", "acceptance_along_greedy", "acceptance_rate",
-    "adaspec", "alpha_by_domain", "alpha_on_documents", "autoregressive_generate",
-    "bass_draft_len", "batched_autoregressive_generate", "batched_speculative_generate", "clock",
-    "cut_prompts", "decode_step_time", "distill", "expected_tokens_per_step", "forward_kl",
+    "ArgumentError", "CompactDistribution", "GenerationOutput", "GoodputPolicy", "LearnedRouter",
+    "MedusaHeads", "MedusaModel", "ModelPair", "OnlineSpeculativeDecoder", "OracleRouter",
+    "SpeculationCosts", "StreamingModel", "Streams", "Verification", "acceptance_along_greedy",
+    "acceptance_rate", "adaspec", "add_lora", "alpha_by_domain", "alpha_on_documents",
+    "autoregressive_generate", "bass_draft_len", "batched_autoregressive_generate",
+    "batched_speculative_generate", "clock", "compact_divergence", "compress", "cut_prompts",
+    "decode_step_time", "default_lr", "distill", "expected_tokens_per_step", "forward_kl",
     "get_device", "jsd", "keep_rows", "load_medusa_model", "load_pair", "load_streaming_model",
     "logits_to_probs", "make_stream", "masked_mean", "measure_cost_ratio", "measure_costs",
     "measure_pass_time", "measure_verify_ratio", "multi_stream_mask", "new_cache",

@@ -12,11 +12,16 @@ AdaSPEC (2510.19779): a reference model, the draft's initial weights distilled
 with forward KL on the same data, marks which tokens are learnable: per token
 delta = L(draft) - L(reference) under forward KL, and the draft trains only on
 the top ``keep_fraction`` of tokens by delta, skipping the hard-to-fit rest.
+
+Updating a pretrained draft (section "updating a real draft"): a learning rate
+chosen by the draft's size (``default_lr``), and LoRA adapters (``add_lora``,
+through ``peft``) so that the served draft's base weights never move.
 Taught in ``notebooks/04_distillspec`` and ``05_adaspec``.
 """
 
 import copy
 import random
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -24,8 +29,9 @@ from tqdm.auto import tqdm
 from osd_lab.checks import (check_choice, check_float, check_int, check_prompt_list, check_seed,
                             finite_spread)
 from osd_lab.decoding import autoregressive_generate
+from osd_lab.divergences import (DIVERGENCES, CompactDistribution, forward_kl, masked_mean,
+                                 token_divergence)
 from osd_lab.evaluation import acceptance_rate
-from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
 
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")
@@ -83,34 +89,132 @@ def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_si
     check_int("eval_every", eval_every, low=1)
 
 
+def batch_targets(targets, prompt_lens, shape):
+    """Place each query's target distributions (``(N, V)`` logits or a
+    ``CompactDistribution`` of N positions) at its continuation positions of a
+    batch aligned t -> t + 1, ``shape`` = ``(B, L - 1)`` as from ``make_batch``.
+    Other positions hold zeros: finite values, which the loss mask drops."""
+    def place(parts):  # [(N_i, ...)] -> (B, L - 1, ...)
+        out = parts[0].new_zeros(*shape, *parts[0].shape[1:])
+        for row, (part, prompt_len) in enumerate(zip(parts, prompt_lens)):
+            out[row, prompt_len - 1:prompt_len - 1 + len(part)] = part
+        return out
+    if isinstance(targets[0], CompactDistribution):
+        return CompactDistribution(*(place(list(field)) for field in zip(*targets)))
+    return place(targets)
+
+
 def guarded_step(model, optimizer, value, ids) -> bool:
     """One optimiser step on the loss ``value`` (gradient clipped to norm 1), kept
     only if it leaves a working model. Returns False, with the weights and the
     optimiser state as they were, when the loss or the gradient is not finite,
     or when after the step the weights are not finite, or the model's logits
     on ``ids`` ``(B, L)`` (the batch it trained on) are not finite and sane
-    (``finite_spread``: softmax can use them)."""
+    (``finite_spread``: softmax can use them).
+
+    Only the trainable weights are saved for the undo: with LoRA adapters
+    (``add_lora``) that is the adapters, not a copy of the whole draft."""
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(value):
         return False
     value.backward()
-    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(trainable, 1.0)):
         optimizer.zero_grad(set_to_none=True)
         return False
-    weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    weights = [p.detach().clone() for p in trainable]
+    state = copy.deepcopy(optimizer.state_dict())
     optimizer.step()
     training = model.training
     model.eval()  # no dropout in the check
     with torch.no_grad():
         # a NaN or inf weight makes its tensor's sum NaN or inf: one sync for all
-        sums = torch.stack([p.sum(dtype=torch.float32) for p in model.parameters()])
+        sums = torch.stack([p.sum(dtype=torch.float32) for p in trainable])
         ok = bool(sums.isfinite().all()) and finite_spread(model(ids).logits)
     model.train(training)
     if not ok:  # e.g. lr=1e10: finite weights whose logits overflow. Undo the step.
-        model.load_state_dict(weights)
+        with torch.no_grad():
+            for p, saved in zip(trainable, weights):
+                p.copy_(saved)
         optimizer.load_state_dict(state)
         optimizer.zero_grad(set_to_none=True)
     return ok
+
+
+# -----------------------------------------------------------------------------
+# updating a real draft: learning rate by size, LoRA adapters
+
+SMALL_DRAFT = 10**7  # parameters; the zoo's draft has about 2M
+
+
+def num_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_lr(model, lora_rank=None) -> float:
+    """A learning rate for online updates of ``model``, by its size.
+
+    A first AdamW step moves every weight by about lr whatever its gradient,
+    so what a draft tolerates shrinks as it grows (fine-tuning recipes use
+    ~1e-5 for 0.5B models). Full fine-tuning: 1e-3 under ``SMALL_DRAFT``
+    parameters (the zoo's 2M draft was trained from scratch at 1e-3), 1e-4
+    under 10 times that, else 1e-5 (at 1e-3 a pretrained 0.5B Qwen draft's
+    alpha went 0.80 -> 0.00 in 4 updates). LoRA (``lora_rank`` set): 10 times
+    that, at most 1e-3 (the adapters start at zero and hold few weights;
+    1e-4 for a 0.5B draft is the usual LoRA setting)."""
+    size = num_parameters(model)
+    lr = 1e-3 if size < SMALL_DRAFT else 1e-4 if size < 10 * SMALL_DRAFT else 1e-5
+    return lr if lora_rank is None else min(1e-3, 10 * lr)
+
+
+def default_warmup_updates(model) -> int:
+    """Updates over which the learning rate ramps up linearly: none for a small
+    draft such as the zoo's (its updates are cheap to get wrong), 8 otherwise."""
+    return 0 if num_parameters(model) < SMALL_DRAFT else 8
+
+
+def check_lora_rank(model, rank) -> None:
+    check_int("lora_rank", rank, 1, model.get_input_embeddings().embedding_dim)
+
+
+def add_lora(model, rank):
+    """Add LoRA adapters (Hu et al., 2106.09685) of rank ``rank`` to every linear
+    layer of ``model``'s blocks, in place, and freeze all other weights; returns
+    ``model``. Each layer then computes W x + B A x with A ``(rank, in)`` and B
+    ``(out, rank)``; B starts at zero, so the model's outputs are unchanged
+    until a step. The adapters are kept in float32 even in a bfloat16 or
+    float16 model (their own master weights: small steps are not rounded away).
+    The model keeps its class and its forward: the decoders use it as before.
+    Needs ``peft`` (``pip install 'osd_lab[lora]'``)."""
+    check_lora_rank(model, rank)
+    try:
+        import peft
+    except ImportError as err:
+        raise ImportError("lora_rank needs the peft package, which is not installed: "
+                          "pip install 'osd_lab[lora]' (or pip install peft), or pass "
+                          "lora_rank=None for full fine-tuning") from err
+    config = peft.LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
+                             target_modules="all-linear")  # all but the output layer
+    with warnings.catch_warnings():  # GPT-2's Conv1D layers: peft says it transposes them
+        warnings.simplefilter("ignore", UserWarning)
+        peft.inject_adapter_in_model(config, model)
+    for weight in model.parameters():
+        if weight.requires_grad:  # only the adapters
+            weight.data = weight.data.float()
+    return model
+
+
+def merge_lora(model):
+    """A copy of ``model`` with its LoRA adapters (``add_lora``) folded into
+    the base weights (W + B A): a plain transformers model again, which
+    ``save_pretrained`` writes as a standard checkpoint. ``model`` is untouched."""
+    merged = copy.deepcopy(model)
+    for name, module in list(merged.named_modules()):
+        if hasattr(module, "base_layer") and hasattr(module, "merge"):  # a LoRA layer
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent), child, module.base_layer)
+    return merged
 
 
 # -----------------------------------------------------------------------------

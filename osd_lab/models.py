@@ -6,6 +6,7 @@
 ``notebooks/00_meet_the_zoo``.
 """
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,17 @@ def check_same_tokenizer(draft_tokenizer, target_tokenizer, names=("draft", "tar
             f"distributions token by token, so both must share one vocabulary.")
 
 
+def warn_if_draft_larger(target, draft, name="this pair") -> None:
+    """Warn when the draft has more weights than the target: drafting then
+    costs more than the target's own decoding saves."""
+    sizes = [sum(p.numel() for p in m.parameters()) for m in (draft, target)]
+    if sizes[0] > sizes[1]:
+        warnings.warn(f"{name}: the draft ({sizes[0] / 1e6:.0f}M parameters) is larger than "
+                      f"the target ({sizes[1] / 1e6:.0f}M): speculative decoding cannot be "
+                      f"faster than the target alone. Pass (draft, target) in that order.",
+                      stacklevel=3)
+
+
 def _load(path_or_id, dtype, local_files_only, what):
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -127,6 +139,7 @@ def load_pair(name="zoo", device=None, dtype=None, allow_download=False) -> Mode
     except OSError as err:
         raise OSError(f"pair {name!r}: {err}") from err.__cause__
     check_same_tokenizer(draft_tok, target_tok, (draft_id, target_id))
+    warn_if_draft_larger(target, draft, name)
     vocab_size = shared_vocab_size(target, draft, target_tok)
     return ModelPair(target.to(device).eval(), draft.to(device).eval(), target_tok, name,
                      vocab_size)

@@ -17,6 +17,7 @@ Taught in ``notebooks/06_online_speculative_decoding``.
 
 import copy
 import random
+import warnings
 from collections import deque
 from pathlib import Path
 
@@ -26,8 +27,11 @@ from osd_lab.batched import (BATCH_DRAFT_LEN_POLICIES, batched_autoregressive_ge
                              batched_speculative_generate)
 from osd_lab.checks import check_choice, check_float, check_int, check_seed
 from osd_lab.decoding import autoregressive_generate, make_policy, speculative_generate
-from osd_lab.distill import guarded_step, make_batch, select_tokens
-from osd_lab.divergences import DIVERGENCES, forward_kl, masked_mean, token_divergence
+from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, default_lr,
+                             default_warmup_updates, guarded_step, make_batch, merge_lora,
+                             select_tokens)
+from osd_lab.divergences import DIVERGENCES, compress, masked_mean, token_divergence
+from osd_lab.models import output_vocab_size
 from osd_lab.policies import GoodputPolicy, check_stop_rule
 from osd_lab.timing import clock
 
@@ -165,6 +169,16 @@ class OnlineSpeculativeDecoder:
     draft then has a reference copy, distilled with forward KL on the same
     batches, and the draft trains only on the top k of tokens by
     delta = KL(p || q_draft) - KL(p || q_reference).
+    lr: None picks ``default_lr`` by the draft's size (1e-3 for the zoo,
+    1e-5 for a 0.5B draft); warmup_updates: updates over which lr ramps up
+    linearly (None: ``default_warmup_updates``, 0 for the zoo).
+    lora_rank: None fine-tunes every weight; an integer adds LoRA adapters of
+    that rank to each draft (``add_lora``, needs ``peft``): the drafts' base
+    weights never move, and an update saves only the adapters for its undo.
+    buffer_top_k: the buffer keeps, per position, the target's top k
+    log-probabilities and the mass of the rest (``divergences.compress``; 64
+    of 151936 Qwen tokens hold 64 * 8 + 4 bytes instead of 600 kB); None
+    keeps the full logits.
 
     draft_len_policy: "goodput" (the default; one ``GoodputPolicy`` per
     draft, so each draft's running alpha carries from query to query and
@@ -187,8 +201,9 @@ class OnlineSpeculativeDecoder:
     """
 
     def __init__(self, target, drafts, tokenizer, draft_len=None, update_interval=8,
-                 loss="fkl", buffer_size=128, lr=1e-3, batch_size=8, max_new_tokens=32,
+                 loss="fkl", buffer_size=128, lr=None, batch_size=8, max_new_tokens=32,
                  temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0,
+                 warmup_updates=None, lora_rank=None, buffer_top_k=64,
                  draft_len_policy="goodput", stop_rule=None, stop_threshold=None, costs=None,
                  baseline=False):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
@@ -198,12 +213,17 @@ class OnlineSpeculativeDecoder:
         check_choice("loss", loss, DIVERGENCES)
         if keep_fraction is not None:
             check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
-        check_float("lr", lr, low=0, low_open=True)
+        if lr is not None:
+            check_float("lr", lr, 0, 1, low_open=True)
+        if warmup_updates is not None:
+            check_int("warmup_updates", warmup_updates, low=0)
         check_int("max_new_tokens", max_new_tokens, low=2)  # with 1, nothing is drafted
         check_float("temperature", temperature, low=0)
         seed = check_seed(seed)
         if vocab_size is not None:
             check_int("vocab_size", vocab_size, low=1)  # its upper bound: check_pair
+        if buffer_top_k is not None:
+            check_int("buffer_top_k", buffer_top_k, 1, vocab_size or output_vocab_size(target))
         self.drafts = drafts if isinstance(drafts, dict) else {"draft": drafts}
         if not self.drafts:
             raise ValueError("drafts must be a model or a non-empty dict {name: model}, got {}")
@@ -217,13 +237,30 @@ class OnlineSpeculativeDecoder:
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.temperature, self.vocab_size = temperature, vocab_size
         self.buffers = {name: deque(maxlen=buffer_size) for name in self.drafts}
-        self.keep_fraction = keep_fraction
+        self.keep_fraction, self.buffer_top_k = keep_fraction, buffer_top_k
+        if lora_rank is not None:  # every draft checked before any is changed
+            for draft in self.drafts.values():
+                check_lora_rank(draft, lora_rank)
+            for draft in self.drafts.values():
+                add_lora(draft, lora_rank)
+        for name, draft in self.drafts.items():
+            if lora_rank is None and draft.dtype in (torch.float16, torch.bfloat16):
+                warnings.warn(f"draft {name!r} is {draft.dtype}: full fine-tuning in half "
+                              f"precision rounds small steps away; pass lora_rank (its "
+                              f"adapters train in float32) or load the draft in float32")
         # AdaSPEC: a reference per draft, from the same weights, trained with plain FKL
         self.references = ({name: copy.deepcopy(d) for name, d in self.drafts.items()}
                            if keep_fraction is not None else {})
         models = {**self.drafts, **{("reference", n): r for n, r in self.references.items()}}
-        self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
-                           for name, m in models.items()}
+        self.optimizers, self.schedulers = {}, {}
+        for key, model in models.items():
+            trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: adapters
+            self.optimizers[key] = torch.optim.AdamW(
+                trainable, lr=default_lr(model, lora_rank) if lr is None else lr,
+                weight_decay=0.0)
+            warmup = default_warmup_updates(model) if warmup_updates is None else warmup_updates
+            self.schedulers[key] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers[key], lambda step, w=warmup: min(1.0, (step + 1) / (w + 1)))
         self.rng = random.Random(seed)
         self.generator = torch.Generator(device=target.device).manual_seed(seed)
         self.history = {k: [] for k in (
@@ -345,7 +382,10 @@ class OnlineSpeculativeDecoder:
         if path.is_dir() and any(path.iterdir()) and not overwrite:
             raise ValueError(f"path {str(path)!r} is a non-empty folder: pick another, or "
                              f"pass overwrite=True to replace what is there")
-        self.drafts[name].save_pretrained(path)
+        draft = self.drafts[name]
+        if any(hasattr(m, "base_layer") for m in draft.modules()):  # LoRA: fold the adapters in
+            draft = merge_lora(draft)
+        draft.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
 
@@ -355,7 +395,9 @@ class OnlineSpeculativeDecoder:
         domain, and append it to ``history``."""
         if stats["corrections"] or 0 in stats["draft_lens"]:  # the target wrote some of it
             sequence = torch.cat([ids[0], tokens]).cpu()  # keep it, with the target's logits
-            self.buffers[name].append((sequence, ids.shape[1], stats["target_logits"].cpu()))
+            logits = stats["target_logits"]  # (N, V)
+            kept = compress(logits, self.buffer_top_k) if self.buffer_top_k else logits
+            self.buffers[name].append((sequence, ids.shape[1], kept.to("cpu")))
             self.fresh[name] += 1
         if self.router:
             self.router.observe(ids, domain)
@@ -378,10 +420,9 @@ class OnlineSpeculativeDecoder:
             return
         batch = self.rng.sample(list(buffer), min(self.batch_size, len(buffer)))
         ids, mask = make_batch([seq for seq, _, _ in batch], [n for _, n, _ in batch])
-        vocab = batch[0][2].shape[-1]
-        target_logits = torch.zeros(*mask.shape, vocab)  # (B, L - 1, V), aligned t -> t + 1
-        for row, (_, prompt_len, logits) in enumerate(batch):
-            target_logits[row, prompt_len - 1:prompt_len - 1 + len(logits)] = logits
+        # (B, L - 1, V) logits, or a CompactDistribution of (B, L - 1) positions
+        target_logits = batch_targets([t for _, _, t in batch], [n for _, n, _ in batch],
+                                      mask.shape)
         ids, mask = ids.to(draft.device), mask.to(draft.device)
         target_logits = target_logits.to(draft.device)
         query = len(self.history["domain"])
@@ -403,12 +444,14 @@ class OnlineSpeculativeDecoder:
         new logits on ``ids`` are not finite (``guarded_step``), and the per-token
         divergence ``(B, L - 1)`` before the step."""
         model.train()
-        draft_logits = model(ids).logits[:, :-1, :target_logits.shape[-1]]  # (B, L - 1, V)
+        draft_logits = model(ids).logits[:, :-1, :self.vocab_size]  # (B, L - 1, V)
         per_token = token_divergence(loss, target_logits, draft_logits)  # (B, L - 1)
         if reference_loss is not None:
-            mask = select_tokens(forward_kl(target_logits, draft_logits), reference_loss, mask,
-                                 self.keep_fraction)
+            mask = select_tokens(token_divergence("fkl", target_logits, draft_logits),
+                                 reference_loss, mask, self.keep_fraction)
         value = masked_mean(per_token, mask)
         ok = guarded_step(model, self.optimizers[key], value, ids)  # never serve a broken draft
+        if ok:
+            self.schedulers[key].step()  # warm-up counts the updates taken
         model.eval()
         return (value.item() if ok else None), per_token.detach()

@@ -398,7 +398,7 @@ def test_online_decoder_settings(models, update_interval, buffer_size, draft_len
                   {"update_interval": is_int(update_interval, low=1),
                    "buffer_size": is_int(buffer_size, low=1),
                    "draft_len": is_int(draft_len, low=1),
-                   "lr": is_real(lr, low=0, low_open=True),
+                   "lr": is_real(lr, 0, 1, low_open=True),
                    "max_new_tokens": is_int(max_new_tokens, low=2),
                    "temperature": is_real(temperature, low=0),
                    "keep_fraction": keep_fraction is None or is_real(keep_fraction, 0, 1, True),

@@ -64,3 +64,91 @@ def test_masked_mean_and_bad_input():
         token_divergence("kl", torch.randn(5), torch.randn(5))
     with pytest.raises(ValueError, match="beta"):
         jsd(P, Q, beta=1.0)
+
+
+# -----------------------------------------------------------------------------
+# compact targets: top-k plus a tail bucket
+
+from osd_lab.divergences import CompactDistribution, compact_divergence, compress  # noqa: E402
+
+
+def _logits(seed, shape=(3, 5, 50), scale=3.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_compact_divergence_is_the_full_one_when_k_covers_the_vocabulary(kind):
+    target, draft = _logits(0), _logits(1).requires_grad_()
+    full = token_divergence(kind, target, draft)
+    compact = compact_divergence(kind, compress(target, 50), draft)
+    assert torch.allclose(compact, full, atol=1e-5)
+    # and the gradient the draft learns from is the same
+    (grad_full,) = torch.autograd.grad(full.sum(), draft)
+    (grad_compact,) = torch.autograd.grad(compact.sum(), draft)
+    assert torch.allclose(grad_compact, grad_full, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_compact_divergence_matches_when_k_covers_the_targets_support(kind):
+    """The target puts all its mass (up to e^-1000) on 8 tokens of 50; k = 8.
+    Tolerance: 1e-5 absolute (FKL, JSD, TVD). RKL is about 1000 q(tail) on
+    both sides (the draft's mass where the target has none); the bucket drops
+    q(tail) KL(q's tail shape || p's tail shape) <= q(tail) log 42, so they
+    agree within 5e-3 relative."""
+    target = torch.full((3, 5, 50), -1000.0)
+    support = torch.randperm(50, generator=torch.Generator().manual_seed(2))[:8]
+    target[..., support] = _logits(3, (3, 5, 8))
+    draft = _logits(4)
+    full = token_divergence(kind, target, draft)
+    compact = token_divergence(kind, compress(target, 8), draft)  # dispatches on the type
+    if kind == "rkl":
+        assert torch.allclose(compact, full, rtol=5e-3)
+    else:
+        assert torch.allclose(compact, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+@pytest.mark.parametrize("top_k", [1, 4, 16, 49])
+def test_compact_divergence_never_exceeds_the_full_one(kind, top_k):
+    """Merging tokens into one bucket cannot increase an f-divergence."""
+    target, draft = _logits(5), _logits(6)
+    full = token_divergence(kind, target, draft)
+    compact = compact_divergence(kind, compress(target, top_k), draft)
+    assert (compact <= full + 1e-5).all() and (compact >= -1e-6).all()
+
+
+def test_compress_keeps_the_top_tokens_and_the_exact_tail_mass():
+    target = _logits(7)
+    compact = compress(target, 10)
+    probs = torch.softmax(target, -1)
+    top = probs.topk(10, -1)
+    assert torch.allclose(compact.top_log_probs.exp(), top.values, atol=1e-6)
+    assert torch.equal(compact.top_indices.long(), top.indices)
+    assert torch.allclose(compact.tail_log_prob.exp(), 1 - top.values.sum(-1), atol=1e-5)
+    assert compress(target, 50).tail_log_prob.isneginf().all()  # nothing left over
+
+
+def test_a_compact_buffer_of_128_queries_at_qwens_vocabulary_is_small():
+    """128 queries x 32 positions x 151936 ids: 2.3 GiB as float32 logits,
+    2.0 MiB at top-64 (64 log-probs, 64 ids and one tail per position)."""
+    one_query = compress(torch.randn(32, 151936), 64)
+    assert isinstance(one_query, CompactDistribution)
+    assert 128 * one_query.nbytes == 128 * 32 * (64 * 8 + 4) < 2**30
+
+
+@pytest.mark.parametrize("top_k, message", [
+    (0, r"top_k must be an integer in \[1, 50\], got 0"),
+    (51, r"top_k must be an integer in \[1, 50\], got 51"),
+    (4.0, r"top_k must be an integer in \[1, 50\], got 4.0"),
+])
+def test_compress_refuses_a_bad_top_k(top_k, message):
+    with pytest.raises(ValueError, match=message):
+        compress(_logits(0), top_k)
+
+
+def test_compact_target_needs_temperature_1_and_matching_positions():
+    target = compress(_logits(0), 4)
+    with pytest.raises(ValueError, match="temperature must be 1.0"):
+        token_divergence("fkl", target, _logits(1), temperature=2.0)
+    with pytest.raises(ValueError, match="covers positions"):
+        compact_divergence("fkl", target, _logits(1, (3, 4, 50)))

@@ -101,13 +101,16 @@ def test_online_greedy_output_is_still_the_targets(pair, tokenizer):
         assert decoder.serve(prompt) == tokenizer.decode(expected, skip_special_tokens=True)
 
 
-def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer):
+@pytest.mark.parametrize("buffer_top_k", [None, 8])
+def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer, buffer_top_k):
     target, draft = pair
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=100,
-                                       max_new_tokens=12)
+                                       max_new_tokens=12, buffer_top_k=buffer_top_k)
     decoder.serve(PROMPTS["sql"][0])
-    sequence, prompt_len, logits = decoder.buffers["draft"][0]
-    decoder.buffers["draft"].append((sequence, prompt_len, torch.full_like(logits, float("nan"))))
+    sequence, prompt_len, kept = decoder.buffers["draft"][0]
+    nan = (torch.full_like(kept, float("nan")) if buffer_top_k is None
+           else kept._replace(top_log_probs=torch.full_like(kept.top_log_probs, float("nan"))))
+    decoder.buffers["draft"].append((sequence, prompt_len, nan))
     decoder.batch_size = len(decoder.buffers["draft"])
     before = [p.clone() for p in draft.parameters()]
     decoder.update()
@@ -123,7 +126,14 @@ def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer):
     (dict(keep_fraction=0), "keep_fraction"),
     (dict(keep_fraction=1.5), "keep_fraction"),
     (dict(update_interval=2.0), "update_interval must be an integer >= 1, got 2.0"),
-    (dict(lr=float("nan")), "lr must be a finite number > 0, got nan"),
+    (dict(lr=float("nan")), r"lr must be a finite number in \(0, 1\], got nan"),
+    (dict(lr=3.0), r"lr must be a finite number in \(0, 1\], got 3.0"),
+    (dict(warmup_updates=-1), "warmup_updates must be an integer >= 0, got -1"),
+    (dict(buffer_top_k=0), r"buffer_top_k must be an integer in \[1, 4096\], got 0"),
+    (dict(buffer_top_k=5000), r"buffer_top_k must be an integer in \[1, 4096\], got 5000"),
+    (dict(buffer_top_k=8.0), "buffer_top_k must be an integer"),
+    (dict(lora_rank=0), r"lora_rank must be an integer in \[1, 32\], got 0"),
+    (dict(lora_rank=33), r"lora_rank must be an integer in \[1, 32\], got 33"),
     (dict(max_new_tokens=1), "max_new_tokens must be an integer >= 2, got 1"),
     (dict(temperature=float("inf")), "temperature"),
     (dict(keep_fraction=float("nan")), "keep_fraction"),

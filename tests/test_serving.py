@@ -148,3 +148,18 @@ def test_save_draft_round_trips_with_identical_alpha(pair, tokenizer, tmp_path):
 def test_bad_serving_settings(pair, tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
         OnlineSpeculativeDecoder(*pair, tokenizer, **kwargs)
+
+
+def test_save_draft_folds_lora_adapters_into_a_standard_checkpoint(pair, tokenizer, tmp_path):
+    pytest.importorskip("peft")
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                       max_new_tokens=10, costs=FLAT, lora_rank=4, lr=1e-2)
+    for prompt in PROMPTS["sql"]:
+        decoder.serve(prompt)
+    assert decoder.history["updates"]
+    reloaded = AutoModelForCausalLM.from_pretrained(decoder.save_draft(tmp_path / "draft"))
+    assert not any(hasattr(m, "base_layer") for m in reloaded.modules())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, draft(ids).logits, atol=1e-5)

@@ -1,0 +1,179 @@
+"""LoRA mode of the online decoder and the settings for real drafts (osd_lab.distill)."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from conftest import noisy_copy, tiny_model
+from osd_lab.distill import add_lora, default_lr, default_warmup_updates
+from osd_lab.models import ZOO_DIR, warn_if_draft_larger
+from osd_lab.online import OnlineSpeculativeDecoder, make_stream
+
+PROMPTS = {"sql": ["SELECT name FROM", "SELECT id, title FROM books WHERE"],
+           "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
+
+
+@pytest.fixture()
+def pair(tokenizer):
+    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
+    return target, noisy_copy(target, 0.5, seed=1)
+
+
+def snapshot(model):
+    """Each weight with a copy of its values (LoRA renames the weights it wraps:
+    ``q_proj.weight`` becomes ``q_proj.base_layer.weight``, the same tensor)."""
+    return [(p, p.detach().clone()) for p in model.parameters()]
+
+
+def adapters(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+# -----------------------------------------------------------------------------
+# add_lora
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "qwen2"])
+def test_add_lora_changes_nothing_until_a_step_and_freezes_the_base(arch):
+    pytest.importorskip("peft")
+    model = tiny_model(arch)
+    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(0))
+    before = model(ids).logits
+    assert add_lora(model, 4) is model and type(model).__name__.endswith(("LMHeadModel",
+                                                                          "ForCausalLM"))
+    assert torch.equal(model(ids).logits, before)  # B starts at zero
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_lora_adapters_train_in_float32_in_a_bfloat16_model():
+    pytest.importorskip("peft")
+    model = tiny_model("qwen2", dtype=torch.bfloat16)
+    add_lora(model, 4)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    logits = model(torch.tensor([[3, 4, 5]])).logits  # the mixed-dtype forward runs
+    assert logits.dtype == torch.bfloat16 and logits.isfinite().all()
+
+
+# -----------------------------------------------------------------------------
+# the online decoder in LoRA mode
+
+def test_lora_updates_leave_the_base_weights_bit_identical(pair, tokenizer):
+    pytest.importorskip("peft")
+    target, draft = pair
+    base = snapshot(draft)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
+                                       max_new_tokens=12, lora_rank=4, lr=1e-2)
+    assert decoder.drafts["draft"] is draft  # the served draft is the same model object
+    start = adapters(draft)
+    for domain, prompt in make_stream("iid", PROMPTS, 6):
+        decoder.serve(prompt, domain)
+    assert len(decoder.history["updates"]) == 3 and not decoder.history["skipped"]
+    assert all(torch.equal(weight, saved) for weight, saved in base)
+    assert {id(w) for w, _ in base} <= {id(p) for p in draft.parameters()}
+    assert any(not torch.equal(a, start[n]) for n, a in adapters(draft).items())
+    # the optimiser holds only the adapters
+    held = {id(p) for group in decoder.optimizers["draft"].param_groups for p in group["params"]}
+    assert held == {id(p) for n, p in draft.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.exactness
+@pytest.mark.parametrize("buffer_top_k", [None, 8])
+def test_lora_mode_greedy_output_is_still_the_targets(pair, tokenizer, buffer_top_k):
+    pytest.importorskip("peft")
+    from osd_lab.decoding import autoregressive_generate
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                       max_new_tokens=10, lora_rank=4, lr=1e-2,
+                                       buffer_top_k=buffer_top_k)
+    for prompt in PROMPTS["sql"] * 2 + PROMPTS["math"]:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        expected = autoregressive_generate(target, ids, 10,
+                                           eos_token_id=tokenizer.eos_token_id).tokens
+        assert decoder.serve(prompt) == tokenizer.decode(expected, skip_special_tokens=True)
+    assert decoder.history["updates"]
+
+
+def test_a_bad_lora_update_leaves_the_adapters_and_the_optimiser_as_they_were(pair,
+                                                                               tokenizer):
+    pytest.importorskip("peft")
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
+                                       max_new_tokens=12, lora_rank=4)
+    for domain, prompt in make_stream("iid", PROMPTS, 2):
+        decoder.serve(prompt, domain)
+    assert len(decoder.history["updates"]) == 1  # a good step: the optimiser has state
+    optimizer = decoder.optimizers["draft"]
+    weights = {n: p.detach().clone() for n, p in draft.named_parameters()}
+    state = copy.deepcopy(optimizer.state_dict()["state"])
+    for group in optimizer.param_groups:
+        group["lr"] = 1e10
+    decoder.update()
+    assert decoder.history["skipped"] == [(2, "draft")]
+    assert all(torch.equal(weights[n], p) for n, p in draft.named_parameters())
+    after = optimizer.state_dict()["state"]
+    assert after.keys() == state.keys() and all(
+        torch.equal(after[i][k], state[i][k]) for i in state for k in state[i])
+
+
+# -----------------------------------------------------------------------------
+# learning rate and warm-up by draft size
+
+def qwen_on_meta(hidden, layers, heads, intermediate):
+    """A Qwen2 of real size on the meta device: shapes without memory."""
+    config = Qwen2Config(vocab_size=151936, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=2,
+                         intermediate_size=intermediate, tie_word_embeddings=True)
+    with torch.device("meta"):
+        return Qwen2ForCausalLM(config)
+
+
+def test_default_lr_by_draft_size(zoo):
+    assert default_lr(zoo.draft) == 1e-3 and default_warmup_updates(zoo.draft) == 0
+    qwen_05b = qwen_on_meta(896, 24, 14, 4864)
+    assert default_lr(qwen_05b) == 1e-5 and default_lr(qwen_05b, lora_rank=16) == 1e-4
+    assert default_warmup_updates(qwen_05b) == 8
+    assert default_lr(zoo.draft, lora_rank=16) == 1e-3
+
+
+def test_warm_up_ramps_the_learning_rate_over_the_updates_taken(pair, tokenizer):
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                       max_new_tokens=12, lr=1e-3, warmup_updates=3)
+    lrs = [decoder.optimizers["draft"].param_groups[0]["lr"]]
+    for prompt in PROMPTS["sql"] * 2 + PROMPTS["math"] * 2:
+        decoder.serve(prompt)
+        lrs.append(decoder.optimizers["draft"].param_groups[0]["lr"])
+    taken = len(decoder.history["updates"])
+    assert lrs[0] == pytest.approx(0.25e-3) and taken >= 3
+    assert lrs[-1] == pytest.approx(1e-3) and lrs == sorted(lrs)
+
+
+# -----------------------------------------------------------------------------
+# bad settings
+
+def test_lora_without_peft_is_a_clear_error_and_changes_no_draft(pair, tokenizer, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now fails
+    target, draft = pair
+    with pytest.raises(ImportError, match="lora_rank needs the peft package"):
+        OnlineSpeculativeDecoder(target, draft, tokenizer, lora_rank=4)
+    assert all(p.requires_grad for p in draft.parameters())
+
+
+def test_full_fine_tuning_of_a_half_precision_draft_warns(tokenizer):
+    target = tiny_model("llama", vocab_size=len(tokenizer), dtype=torch.bfloat16)
+    with pytest.warns(UserWarning, match="pass lora_rank"):
+        OnlineSpeculativeDecoder(target, copy.deepcopy(target), tokenizer)
+
+
+def test_a_draft_larger_than_its_target_warns():
+    small, large = tiny_model("llama", layers=1), tiny_model("llama", layers=3)
+    with pytest.warns(UserWarning, match="the draft .* is larger than the target"):
+        warn_if_draft_larger(small, large, "swapped")
