@@ -32,10 +32,11 @@ from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, default_l
                              select_tokens)
 from osd_lab.divergences import DIVERGENCES, compress, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
-from osd_lab.policies import GoodputPolicy, check_stop_rule
+from osd_lab.policies import GoodputPolicy, check_stop_rule, moving_average
 from osd_lab.timing import clock
 
 STREAMS = ("sharp", "smooth", "iid")
+ALPHA_SMOOTHING = 0.05  # weight of each decided position in a draft's running alpha
 
 
 # -----------------------------------------------------------------------------
@@ -189,6 +190,10 @@ class OnlineSpeculativeDecoder:
     goodput (default: measured once per draft).
     baseline: also decode every query autoregressively, untimed as serving
     but timed beside it, for ``osd_lab.evaluation.served_speed``.
+    update_below_alpha: a draft whose running alpha (over the positions
+    verification decided on the queries it served) is at or above this takes
+    no update: it already matches the target on this traffic, and an update
+    costs serving time (None: always update).
 
     ``history`` holds per query: ``domain``, ``draft`` (which served it),
     ``alpha`` (the query's ``verified_alpha``), ``tau``, ``new_tokens``,
@@ -205,11 +210,13 @@ class OnlineSpeculativeDecoder:
                  temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0,
                  warmup_updates=None, lora_rank=None, buffer_top_k=64,
                  draft_len_policy="goodput", stop_rule=None, stop_threshold=None, costs=None,
-                 baseline=False):
+                 baseline=False, update_below_alpha=0.8):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
                             ("batch_size", batch_size)):
             check_int(name, value, low=1)
         check_choice("baseline", baseline, (True, False))
+        if update_below_alpha is not None:
+            check_float("update_below_alpha", update_below_alpha, 0, 1, low_open=True)
         check_choice("loss", loss, DIVERGENCES)
         if keep_fraction is not None:
             check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
@@ -272,6 +279,8 @@ class OnlineSpeculativeDecoder:
         self.policies = {name: make_policy(target, d, draft_len_policy, draft_len, costs)
                          for name, d in self.drafts.items()}
         self.fresh = dict.fromkeys(self.drafts, 0)  # queries buffered since the last update
+        self.update_below_alpha = update_below_alpha
+        self.running_alpha = dict.fromkeys(self.drafts, 0.5)  # per draft, on what it served
 
     def serve(self, prompt, domain=None):
         """Answer one query (text); returns the generated text."""
@@ -307,7 +316,9 @@ class OnlineSpeculativeDecoder:
         start = clock(self.target.device)
         for _ in range(due):
             for name in self.drafts:
-                if self.fresh[name]:  # a draft that served nothing new keeps its weights
+                matches = (self.update_below_alpha is not None
+                           and self.running_alpha[name] >= self.update_below_alpha)
+                if self.fresh[name] and not matches:  # else the update would buy nothing
                     self.update(name)
                     self.fresh[name] = 0
         return clock(self.target.device) - start if due else 0.0
@@ -399,6 +410,8 @@ class OnlineSpeculativeDecoder:
             kept = compress(logits, self.buffer_top_k) if self.buffer_top_k else logits
             self.buffers[name].append((sequence, ids.shape[1], kept.to("cpu")))
             self.fresh[name] += 1
+        self.running_alpha[name] = moving_average(self.running_alpha[name],
+                                                  stats["decided_alpha"], ALPHA_SMOOTHING)
         if self.router:
             self.router.observe(ids, domain)
         h = self.history

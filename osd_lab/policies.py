@@ -43,6 +43,14 @@ STOP_THRESHOLD = 0.4  # transformers' default assistant_confidence_threshold
 ENTROPY_SCALE = 0.4
 
 
+def moving_average(estimate: float, values, smoothing: float) -> float:
+    """Fold ``values`` into a running ``estimate`` (exponential moving average,
+    each new value with weight ``smoothing``)."""
+    for value in values:
+        estimate += smoothing * (value - estimate)
+    return estimate
+
+
 def next_draft_len(policy: str, draft_len: int, num_accepted: int) -> int:
     """The next draft length of the "constant" and "heuristic" policies."""
     if policy == "heuristic":
@@ -94,8 +102,7 @@ class GoodputPolicy:
 
     def observe(self, alphas) -> None:
         """Fold in the exact alphas of the positions verification decided."""
-        for a in alphas:
-            self.alpha += self.smoothing * (a - self.alpha)
+        self.alpha = moving_average(self.alpha, alphas, self.smoothing)
 
 
 def check_stop_rule(stop_rule, stop_threshold):

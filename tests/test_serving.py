@@ -163,3 +163,25 @@ def test_save_draft_folds_lora_adapters_into_a_standard_checkpoint(pair, tokeniz
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).logits, draft(ids).logits, atol=1e-5)
+
+
+def test_a_draft_that_already_matches_takes_no_update(tokenizer):
+    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
+    runs = {}
+    for threshold in (0.3, None):
+        draft = noisy_copy(target, 0.1, seed=1)  # close to the target, not equal
+        decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                           max_new_tokens=12, draft_len=2,
+                                           draft_len_policy="constant",
+                                           update_below_alpha=threshold)
+        for prompt in PROMPTS["sql"] * 3:
+            decoder.serve(prompt)
+        runs[threshold] = decoder
+    assert runs[0.3].running_alpha["draft"] >= 0.3
+    assert runs[0.3].history["updates"] == [] and len(runs[None].history["updates"]) > 0
+
+
+def test_bad_update_below_alpha_is_refused(pair, tokenizer):
+    for value in (0, 1.5, float("nan"), "high"):
+        with pytest.raises(ValueError, match="update_below_alpha must be"):
+            OnlineSpeculativeDecoder(*pair, tokenizer, update_below_alpha=value)
