@@ -38,17 +38,21 @@ def perplexity(model, tokenizer, texts, max_len: int = 256) -> float:
 
 @torch.inference_mode()
 def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
-                            temperature: float = 1.0, vocab_size: int | None = None) -> dict:
+                            temperature: float = 1.0, vocab_size: int | None = None,
+                            eos_token_id=None) -> dict:
     """Alpha and greedy agreement along the target's greedy continuation of a prompt.
 
     input_ids: ``(1, T)`` prompt. The target continues it greedily for
-    ``num_tokens`` tokens; both models then score the whole sequence in one
+    ``num_tokens`` tokens, or until ``eos_token_id`` (included: what comes
+    after the end of a document is another document, maybe of another
+    domain); both models then score the whole sequence in one
     pass, and at each continuation position we compare their distributions
     (processed at ``temperature``) on the first ``vocab_size`` ids.
     Returns ``{"alpha": (N,), "agree": (N,) bool}`` tensors.
     """
     check_int("num_tokens", num_tokens, low=1)
-    continuation = autoregressive_generate(target, input_ids, num_tokens).tokens
+    continuation = autoregressive_generate(target, input_ids, num_tokens,
+                                           eos_token_id=eos_token_id).tokens
     sequence = torch.cat([input_ids.to(target.device), continuation[None]], dim=1)
     prompt_len = input_ids.shape[1]
     positions = slice(prompt_len - 1, sequence.shape[1] - 1)  # predict each new token

@@ -51,3 +51,12 @@ def test_bad_input_is_named():
         acceptance_along_greedy(model, model, torch.tensor([[0, 5]]), 0)
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         decode_step_time(model, steps=0)
+
+
+def test_acceptance_along_greedy_stops_at_end_of_text():
+    target, draft = tiny_model("llama", seed=0), tiny_model("llama", seed=1, layers=1)
+    ids = torch.tensor([[3, 4, 5]])
+    full = acceptance_along_greedy(target, draft, ids, 12)
+    eos = int(target(ids).logits[0, -1].argmax())  # the first token the target writes
+    assert len(full["alpha"]) == 12
+    assert len(acceptance_along_greedy(target, draft, ids, 12, eos_token_id=eos)["alpha"]) == 1

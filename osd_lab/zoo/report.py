@@ -30,7 +30,8 @@ def measure_domains(pair, num_prompts=50, num_tokens=32):
         for prompt in prompts[:num_prompts]:
             ids = pair.tokenizer(prompt, return_tensors="pt").input_ids
             stats = acceptance_along_greedy(pair.target, pair.draft, ids, num_tokens,
-                                            vocab_size=pair.vocab_size)
+                                            vocab_size=pair.vocab_size,
+                                            eos_token_id=pair.tokenizer.eos_token_id)
             alphas.append(stats["alpha"])
             agrees.append(stats["agree"])
         rows.append(dict(
