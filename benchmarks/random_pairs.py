@@ -12,6 +12,9 @@ turns those costs into the speedup a given alpha would give.
     pair = random_pair("random-qwen2.5", device="cuda", dtype=torch.bfloat16)
 """
 
+import copy
+import itertools
+
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
@@ -47,15 +50,27 @@ def random_model(shape: str, tokenizer, device, dtype, seed: int = 0) -> Qwen2Fo
     return model.to(dtype).eval()
 
 
-def random_pair(name: str, device, dtype=None) -> ModelPair:
+def shared_copy(model):
+    """A second module object holding the same weight tensors as ``model`` (no
+    new memory): its own hooks and generation config, the same outputs."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def random_pair(name: str, device, dtype=None, self_draft: bool = False) -> ModelPair:
     """The pair ``RANDOM_PAIRS[name]`` on ``device`` with the zoo's tokenizer (its ids
-    fit any vocabulary here). dtype: default bfloat16 on a GPU, float32 on a CPU."""
+    fit any vocabulary here). dtype: default bfloat16 on a GPU, float32 on a CPU.
+    self_draft: the target drafts for itself (a ``shared_copy``): alpha = 1, the
+    upper bound, and what is left of the time is the decoder's own overhead."""
     if name not in RANDOM_PAIRS:
         raise ValueError(f"name must be one of {sorted(RANDOM_PAIRS)}, got {name!r}")
     device = torch.device(device)
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
     draft_shape, target_shape = RANDOM_PAIRS[name]
-    draft = random_model(draft_shape, tokenizer, device, dtype, seed=1)
     target = random_model(target_shape, tokenizer, device, dtype, seed=0)
+    if self_draft:
+        draft, name = shared_copy(target), f"{name} (self-draft)"
+    else:
+        draft = random_model(draft_shape, tokenizer, device, dtype, seed=1)
     return ModelPair(target, draft, tokenizer, name, shared_vocab_size(target, draft, tokenizer))

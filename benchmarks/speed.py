@@ -3,6 +3,7 @@
     python benchmarks/speed.py [--pair zoo] [--prompt-set heldout|unlike] [--prompts 20]
                                [--tokens 64] [--repeats 2] [--threads 2]
                                [--device cuda] [--dtype bfloat16]
+    python benchmarks/speed.py --pair random-qwen2.5 [--self-draft] --tokens 16 --repeats 1
 
 On the same prompts, device and threads, greedy decoding until end-of-text
 or ``--tokens`` with
@@ -25,11 +26,18 @@ of tokens, ``measure_costs``); the table shows measured / predicted.
 SQL questions over schemas and phrasings the zoo never saw (only with the
 sql domain). --pair: "zoo", a preset, or a random-initialised pair with real
 shapes from ``random_pairs.py`` (its alpha is an accident: costs only).
+On a random pair the prompts are ``REAL_SHAPE_PROMPTS`` (code, prose, SQL;
+``--prompts`` caps them), the costs are measured in one round, and only
+autoregressive, constant gamma=4, goodput, goodput + confidence and
+transformers' assisted generation run (a 1.5B target takes seconds per pass
+on a small CPU). ``--self-draft``: the target drafts for itself (alpha = 1,
+the upper bound; what is left is the decoders' own overhead). Every row also
+gives the mean time of one target call and one draft call (forward hooks),
+and the time per token spent outside the models' passes: the loop's overhead.
 Nothing here is a test.
 """
 
 import argparse
-import copy
 import time
 
 import torch
@@ -40,7 +48,7 @@ from osd_lab.models import load_pair
 from osd_lab.sampling import get_device
 from osd_lab.timing import CountCalls, clock, time_side_by_side
 from osd_lab.zoo.corpus import load_corpus
-from random_pairs import RANDOM_PAIRS, random_pair
+from random_pairs import RANDOM_PAIRS, random_pair, shared_copy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -91,6 +99,15 @@ UNLIKE = [
 ]
 
 
+# One prompt of each kind for real-shape pairs on a CPU (a 1.5B target: seconds a prompt).
+REAL_SHAPE_PROMPTS = {
+    "code": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "prose": "The history of the printing press begins in the fifteenth century, when",
+    "sql": "Schema: books(id, title, author, pages)\nQuestion: Which books have more "
+           "than 300 pages?\nSQL:",
+}
+
+
 def unlike_prompts():
     return [f"Schema: {schema}\nQuestion: {question}\nSQL:" for schema, question in UNLIKE]
 
@@ -98,24 +115,29 @@ def unlike_prompts():
 def ours(pair, tokens, eos, **kwargs):
     """Our decoder as ``f(ids) -> GenerationOutput``; stats also count calls."""
     def decode(ids):
-        with CountCalls(target=pair.target, draft=pair.draft) as calls:
+        counter = CountCalls(target=pair.target, draft=pair.draft)
+        with counter as calls:
             if kwargs:
                 out = speculative_generate(pair.target, pair.draft, ids, tokens, eos_token_id=eos,
                                            vocab_size=pair.vocab_size, **kwargs)
             else:
                 out = autoregressive_generate(pair.target, ids, tokens, eos_token_id=eos)
-        out.stats.update(target_passes=calls["target"], draft_passes=calls["draft"])
+        out.stats.update(target_passes=calls["target"], draft_passes=calls["draft"],
+                         target_seconds=counter.seconds["target"],
+                         draft_seconds=counter.seconds["draft"])
         return out
     return decode
 
 
 def transformers_generate(pair, tokens, eos, assistant=None):
     """transformers' ``generate``, alone or with the draft as ``assistant_model``
-    (a copy: transformers keeps its schedule's state on the assistant)."""
-    draft = copy.deepcopy(pair.draft) if assistant else None
+    (a copy sharing its weights: transformers keeps its schedule's state on
+    the assistant)."""
+    draft = shared_copy(pair.draft) if assistant else None
 
     def decode(ids):
-        with CountCalls(target=pair.target, **({"draft": draft} if draft else {})) as calls:
+        counter = CountCalls(target=pair.target, **({"draft": draft} if draft else {}))
+        with counter as calls:
             start = clock(pair.device)
             out = pair.target.generate(ids, assistant_model=draft, do_sample=False,
                                        max_new_tokens=tokens, eos_token_id=eos,
@@ -125,7 +147,9 @@ def transformers_generate(pair, tokens, eos, assistant=None):
         new = out[0, ids.shape[1]:]
         return GenerationOutput(new, dict(wall_time_s=wall, forward_passes=calls["target"],
                                           target_passes=calls["target"],
-                                          draft_passes=calls.get("draft", 0)))
+                                          draft_passes=calls.get("draft", 0),
+                                          target_seconds=counter.seconds["target"],
+                                          draft_seconds=counter.seconds.get("draft", 0.0)))
     return decode
 
 
@@ -144,6 +168,8 @@ def predicted_speedup(stats, costs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", default="zoo")
+    parser.add_argument("--self-draft", action="store_true",
+                        help="random pairs: the target drafts for itself (alpha = 1)")
     parser.add_argument("--domain", default="sql")
     parser.add_argument("--prompt-set", choices=("heldout", "unlike"), default="heldout")
     parser.add_argument("--prompts", type=int, default=20)
@@ -162,16 +188,20 @@ def main(argv=None):
             parser.error(f"{flag} must be an integer >= 1, got {value}")
     torch.set_num_threads(args.threads)
     dtype = DTYPES.get(args.dtype)
-    if args.pair in RANDOM_PAIRS:
-        pair = random_pair(args.pair, args.device or get_device(), dtype)
+    real_shapes = args.pair in RANDOM_PAIRS
+    if args.self_draft and not real_shapes:
+        parser.error(f"--self-draft needs a random pair: {sorted(RANDOM_PAIRS)}")
+    if real_shapes:
+        pair = random_pair(args.pair, args.device or get_device(), dtype, args.self_draft)
+        texts = ["Hello, world."] + list(REAL_SHAPE_PROMPTS.values())[:args.prompts]
     else:
         pair = load_pair(args.pair, device=args.device, dtype=dtype)
-    texts = (unlike_prompts() if args.prompt_set == "unlike"
-             else load_corpus()[args.domain]["prompts"])[:args.prompts + 1]
+        texts = (unlike_prompts() if args.prompt_set == "unlike"
+                 else load_corpus()[args.domain]["prompts"])[:args.prompts + 1]
     prompts = [pair.tokenizer(t, return_tensors="pt").input_ids.to(pair.device) for t in texts]
     warmup, prompts = prompts[0], prompts[1:]
     eos, n = pair.tokenizer.eos_token_id, args.tokens
-    costs = measure_costs(pair.target, pair.draft)
+    costs = measure_costs(pair.target, pair.draft, repeats=1 if real_shapes else 5)
     methods = {
         "autoregressive (ours)": ours(pair, n, eos),
         "speculative, constant gamma=4": ours(pair, n, eos, draft_len_policy="constant"),
@@ -184,6 +214,10 @@ def main(argv=None):
         "transformers generate": transformers_generate(pair, n, eos),
         "transformers assisted (defaults)": transformers_generate(pair, n, eos, assistant=True),
     }
+    if real_shapes:  # seconds per pass: the policies that tell the most
+        for name in ("speculative, heuristic", "speculative, goodput + entropy",
+                     "transformers generate"):
+            del methods[name]
     print(f"pair {pair.name} on {pair.device} in {str(pair.target.dtype).removeprefix('torch.')}, "
           f"{torch.get_num_threads()} threads, {args.prompt_set} {args.domain} prompts: "
           f"{len(prompts)} x up to {n} tokens (end-of-text stops), greedy, best of "
@@ -194,8 +228,9 @@ def main(argv=None):
     base = results["autoregressive (ours)"]
     assisted = results["transformers assisted (defaults)"]
     print("\n| method | tokens/s | vs autoregressive | vs assisted | target calls / token | "
-          "draft calls / token | alpha | tau | predicted | measured / predicted |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "draft calls / token | s / target call | s / draft call | overhead ms / token | "
+          "alpha | tau | predicted | measured / predicted |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     differing = {}
     for name, r in results.items():
         differing[name] = sum(o != b for o, b in zip(r["outputs"], base["outputs"]))
@@ -205,13 +240,20 @@ def main(argv=None):
         speed = base["wall_s"] / r["wall_s"]
         target_calls = sum(s["target_passes"] for s in r["stats"]) / r["tokens"]
         draft_calls = sum(s["draft_passes"] for s in r["stats"]) / r["tokens"]
+        # per-call seconds and the rest, from the last repeat (forward hooks)
+        seconds = {m: sum(s[f"{m}_seconds"] for s in r["stats"]) for m in ("target", "draft")}
+        passes = {m: sum(s[f"{m}_passes"] for s in r["stats"]) for m in ("target", "draft")}
+        per_call = [f"{seconds[m] / passes[m]:.3f}" if passes[m] else "" for m in passes]
+        last_wall = sum(s["wall_time_s"] for s in r["stats"])
+        overhead = 1000 * (last_wall - sum(seconds.values())) / r["tokens"]
         cells = ["", "", "", ""]
         if "decided_alpha" in r["stats"][0]:
             alpha, predicted = predicted_speedup(r["stats"], costs)
             tau = r["tokens"] / sum(s["target_calls"] for s in r["stats"])
             cells = [f"{alpha:.3f}", f"{tau:.2f}", f"{predicted:.2f}x", f"{speed / predicted:.0%}"]
         print(f"| {name} | {rate:.1f} | {speed:.2f}x | {assisted['wall_s'] / r['wall_s']:.2f}x | "
-              f"{target_calls:.3f} | {draft_calls:.3f} | " + " | ".join(cells) + " |")
+              f"{target_calls:.3f} | {draft_calls:.3f} | {per_call[0]} | {per_call[1]} | "
+              f"{overhead:.1f} | " + " | ".join(cells) + " |")
     print("\n(target calls count the prefill too; tokens per prompt: "
           f"{base['tokens'] / len(prompts):.1f} on average)")
     differing = {name: k for name, k in differing.items() if k}

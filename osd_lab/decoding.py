@@ -21,7 +21,8 @@ from osd_lab.cost import SpeculationCosts, measure_costs
 from osd_lab.models import context_length, output_vocab_size
 from osd_lab.policies import (DRAFT_LEN_POLICIES, GoodputPolicy, check_stop_rule, next_draft_len,
                               should_stop)
-from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
+from osd_lab.sampling import (check_sampling_args, check_top_logits, greedy_token,
+                              logits_to_probs, sample)
 from osd_lab.timing import clock
 from osd_lab.verify import overlap, verify
 
@@ -112,9 +113,14 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
         # 1. one forward pass: only the last position's logits matter
         logits = forward(model, step_input, cache, last_only=True,
                          use_cache=use_cache).logits[:, -1]
-        # 2. logits -> probabilities -> one token, shape (1,)
-        token = sample(logits_to_probs(logits, temperature, top_k, top_p), generator,
-                       validate=False)  # checked once, above
+        # 2. logits -> probabilities -> one token, shape (1,); greedy needs
+        #    only the argmax, not a (1, V) one-hot distribution
+        if temperature == 0:
+            top, token = greedy_token(logits)
+            check_top_logits(top)
+        else:
+            token = sample(logits_to_probs(logits, temperature, top_k, top_p), generator,
+                           validate=False)  # checked once, above
         new_tokens.append(token)
         sequence = torch.cat([sequence, token[:, None]], dim=1)
         # 3. with a cache the next pass reads one token; without, everything
@@ -236,6 +242,12 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
         return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)
 
+    # Greedy (temperature 0) needs no (..., V) distributions: p and q are one-hot
+    # on the argmaxes, so a drafted token is accepted iff it is the target's
+    # argmax, the next token is the target's argmax, and alpha = sum_v min(p, q)
+    # is exactly 1 or 0. The same tokens and statistics, without passes over V.
+    greedy = temperature == 0
+
     start = clock(target.device)
     stats = dict(alpha=[], decided_alpha=[], accepted=[], draft_lens=[], target_calls=0,
                  draft_calls=0, corrections=[], target_logits=[])
@@ -253,14 +265,18 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
             gamma = policy.next_draft_len()
         room = max_new_tokens - num_new - 1  # leave room for the next token
         # 1. the draft proposes up to gamma tokens, one forward pass each
-        drafted, q = [], []
+        drafted, q, tops = [], [], []
         draft_input = draft_pending
         for i in range(min(gamma, room)):
             logits = forward(draft, draft_input, draft_cache, last_only=True).logits[:, -1]
-            q_i = probs(logits)
-            x_i = sample(q_i, generator, validate=False)  # (1,)
+            if greedy:  # no device sync: x_i stays where the draft reads it
+                top_i, x_i = greedy_token(logits[..., :vocab_size])  # (1,), (1,)
+                tops.append(top_i)
+            else:
+                q_i = probs(logits)
+                x_i = sample(q_i, generator, validate=False)  # (1,)
+                q.append(q_i)
             drafted.append(x_i)
-            q.append(q_i)
             draft_input = x_i[:, None]
             if stop_rule and i < min(gamma, room) - 1 and should_stop(
                     stop_rule, logits[..., :vocab_size], x_i, stop_threshold):
@@ -268,24 +284,36 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         g = len(drafted)
         stats["draft_calls"] += g
         drafted = torch.stack(drafted, 1) if g else input_ids.new_zeros(1, 0)  # (1, g)
-        q = torch.stack(q, 1) if g else None  # (1, g, V)
+        q = torch.stack(q, 1) if q else None  # (1, g, V), None when greedy
         # 2. the target scores pending + all drafted tokens in one pass
         target_input = torch.cat([target_pending, drafted], dim=1)  # (1, g + 1)
         target_logits = forward(target, target_input, target_cache).logits
-        p = probs(target_logits)  # (1, g + 1, V)
+        if greedy:
+            top, target_tokens = greedy_token(target_logits[..., :vocab_size])  # (1, g + 1)
+            check_top_logits(torch.cat([top[0]] + tops))  # one sync for the whole step
+        else:
+            p = probs(target_logits)  # (1, g + 1, V)
         stats["target_calls"] += 1
         # 3. keep a prefix of the draft, then one token from the target
         if g:
-            result = verify(p, q, drafted, generator, validate=False)
-            n, next_token = int(result.num_accepted), result.next_token
-            stats["alpha"].append(overlap(p[0, :g], q[0], validate=False).tolist())
+            if greedy:  # accept while the target's argmax agrees
+                agree = target_tokens[:, :g] == drafted  # (1, g)
+                n = int(agree.cumprod(-1).sum())
+                next_token = target_tokens[:, n]  # (1,)
+                stats["alpha"].append(agree[0].float().tolist())
+            else:
+                result = verify(p, q, drafted, generator, validate=False)
+                n, next_token = int(result.num_accepted), result.next_token
+                stats["alpha"].append(overlap(p[0, :g], q[0], validate=False).tolist())
             stats["decided_alpha"] += stats["alpha"][-1][:n + 1]  # accepted + first rejected
             if isinstance(policy, GoodputPolicy):
                 policy.observe(stats["alpha"][-1][:n + 1])
             if n < g:  # the target overruled the draft here
                 stats["corrections"].append(num_new + n)
         else:
-            n, next_token = 0, sample(p[:, 0], generator, validate=False)
+            n = 0
+            next_token = target_tokens[:, 0] if greedy else sample(p[:, 0], generator,
+                                                                   validate=False)
         stats["accepted"].append(n)
         if record_target_logits:  # the rows that predicted the n + 1 kept tokens
             stats["target_logits"].append(target_logits[0, :n + 1, :vocab_size])

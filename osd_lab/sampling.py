@@ -101,6 +101,24 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
     return probs
 
 
+def greedy_token(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(top, token)``: the largest logit and its id over the last dim,
+    ``(..., V) -> (...), (...)``. The token is what ``logits_to_probs`` at
+    temperature 0 puts its one-hot on (the first argmax), without making the
+    ``(..., V)`` distribution; ``check_top_logits(top)`` then finds NaN or inf
+    (a NaN is the max wherever it occurs) in one device sync for any number of calls.
+    """
+    top, token = logits.max(-1)
+    return top, token
+
+
+def check_top_logits(top: torch.Tensor) -> None:
+    """Raise ``ValueError`` if largest logits from ``greedy_token`` are NaN or inf."""
+    if not torch.isfinite(top).all():
+        raise ValueError("logits contain NaN or inf: the model's output is broken "
+                         "(check its dtype, e.g. float16 overflow on CPU)")
+
+
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None,
            validate: bool = True) -> torch.Tensor:
     """Draw one token id per row from ``probs`` ``(..., V)``; returns ``(...)``.

@@ -56,21 +56,43 @@ def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
 
 
 class CountCalls:
-    """Counts the forward passes of models, inside any decoder (transformers'
-    ``generate`` included), with forward hooks::
+    """Counts the forward passes of models, and the seconds spent in them,
+    inside any decoder (transformers' ``generate`` included), with forward
+    pre-hooks and hooks::
 
-        with CountCalls(target=pair.target, draft=pair.draft) as calls:
+        counter = CountCalls(target=pair.target, draft=pair.draft)
+        with counter as calls:
             pair.target.generate(ids, assistant_model=pair.draft)
-        calls["target"], calls["draft"]
+        calls["target"], calls["draft"], counter.seconds["target"]
+
+    seconds: wall time inside each model's ``forward``. On a GPU pass
+    ``synchronize=True`` to wait for the queued work at each pass's start and
+    end (it then adds two syncs per pass); otherwise it is launch time only.
+    What a decoder spends outside its models' passes is its loop overhead.
     """
 
-    def __init__(self, **models):
+    def __init__(self, synchronize: bool = False, **models):
         self.models, self.counts, self.hooks = models, dict.fromkeys(models, 0), []
+        self.seconds = dict.fromkeys(models, 0.0)
+        self.synchronize = synchronize
+
+    def _now(self, model) -> float:
+        if self.synchronize:
+            return clock(next(model.parameters()).device)
+        return time.perf_counter()
 
     def __enter__(self) -> dict:
         for name, model in self.models.items():
-            def hook(module, args, output, name=name):
+            started = []
+
+            def pre_hook(module, args, name=name, started=started):
+                started.append(self._now(module))
+
+            def hook(module, args, output, name=name, started=started):
                 self.counts[name] += 1
+                if started:
+                    self.seconds[name] += self._now(module) - started.pop()
+            self.hooks.append(model.register_forward_pre_hook(pre_hook))
             self.hooks.append(model.register_forward_hook(hook))
         return self.counts
 
