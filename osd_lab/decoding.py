@@ -203,7 +203,9 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     draft_len: tokens drafted per step (gamma) with "constant", the starting
         value with "heuristic", the most with "goodput" (default 4, 4, 16).
     stop_rule, stop_threshold: end a block early when the draft's own
-        confidence says a rejection is likely: None, "confidence" or
+        confidence says a rejection is likely (with "goodput": goodput decides
+        whether to draft at all, the rule how far, up to ``draft_len``):
+        None, "confidence" or
         "entropy" (AdaEDL), see ``osd_lab.policies``.
     costs: ``SpeculationCosts`` for "goodput" (default: measured once per
         pair with ``osd_lab.cost.measure_costs``, about a second on the zoo).
@@ -263,6 +265,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     while num_new < max_new_tokens:
         if isinstance(policy, GoodputPolicy):
             gamma = policy.next_draft_len()
+            if stop_rule and gamma and not policy.plain_steps:  # not a probe
+                gamma = policy.max_draft_len  # goodput says whether to draft; the rule, how far
         room = max_new_tokens - num_new - 1  # leave room for the next token
         # 1. the draft proposes up to gamma tokens, one forward pass each
         drafted, q, tops = [], [], []

@@ -151,3 +151,11 @@ def test_count_calls_counts_forward_passes_inside_generate():
     assert calls["target"] == 5
     target(ids)  # hooks removed on exit
     assert calls["target"] == 5
+
+
+def test_goodput_with_a_stop_rule_drafts_deep_and_lets_the_rule_end_blocks():
+    target = tiny_model("llama", seed=0)
+    out = speculative_generate(target, target, [3, 4], 30, draft_len_policy="goodput",
+                               costs=FLAT, draft_len=12, stop_rule="confidence",
+                               stop_threshold=0.0)  # a rule that never fires
+    assert out.stats["draft_lens"][0] == 12  # the cap, not goodput's choice at alpha 0.5
