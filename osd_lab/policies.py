@@ -19,7 +19,11 @@ Draft-length policies choose the block length gamma before a step:
 
 Stopping rules end a block early, before the length the policy chose, when
 the draft's own distribution (softmax of its raw logits) says a rejection is
-likely; the token just drafted is kept:
+likely; the token just drafted is kept. With the goodput policy, goodput
+decides whether to draft (it may still switch drafting off), the rule how
+far, up to the policy's ``max_draft_len``: a running alpha treats positions as
+independent, but acceptances come in runs (a SQL clause the draft knows), and
+the draft's own doubt finds the run's end better:
 
 * ``"confidence"`` (transformers' ``assistant_confidence_threshold``): stop
   when the drafted token's probability is below ``threshold`` (default 0.4).
