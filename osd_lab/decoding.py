@@ -265,7 +265,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     while num_new < max_new_tokens:
         if isinstance(policy, GoodputPolicy):
             gamma = policy.next_draft_len()
-            if stop_rule and gamma and not policy.plain_steps:  # not a probe
+            if stop_rule and gamma and not policy.probing:
                 gamma = policy.max_draft_len  # goodput says whether to draft; the rule, how far
         room = max_new_tokens - num_new - 1  # leave room for the next token
         # 1. the draft proposes up to gamma tokens, one forward pass each

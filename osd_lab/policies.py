@@ -43,6 +43,7 @@ from osd_lab.cost import SpeculationCosts, expected_tokens_per_step
 
 DRAFT_LEN_POLICIES = ("constant", "heuristic", "goodput")
 STOP_RULES = (None, "confidence", "entropy")
+MAX_PROBE_GAP = 64  # the longest wait between probes of a switched-off draft
 STOP_THRESHOLD = 0.4  # transformers' default assistant_confidence_threshold
 ENTROPY_SCALE = 0.4
 
@@ -71,7 +72,9 @@ class GoodputPolicy:
     smoothing: weight of each new decided position in the running alpha
         (an exponential moving average).
     probe_every: when it chooses 0 (plain decoding), it drafts one token
-        every ``probe_every`` steps anyway, to keep measuring alpha.
+        after ``probe_every`` steps anyway, to keep measuring alpha; each
+        probe that leaves drafting off doubles the wait (up to
+        ``MAX_PROBE_GAP`` steps), so a draft that does not pay costs ever less.
 
     One policy can serve many calls: the online decoder keeps one per draft,
     so what it learned about a draft on one query serves the next.
@@ -88,7 +91,9 @@ class GoodputPolicy:
         check_int("probe_every", probe_every, low=1)
         self.costs, self.alpha, self.max_draft_len = costs, float(alpha), max_draft_len
         self.smoothing, self.probe_every = smoothing, probe_every
-        self.plain_steps = 0  # steps in a row decoded without drafting
+        self.plain_steps = 0  # steps decoded without drafting since the last probe
+        self.probe_gap = probe_every  # plain steps until the next probe
+        self.probing = False  # whether the last choice was a probe
 
     def goodput(self, gamma: int) -> float:
         """Expected tokens per unit of time (one-token target passes) at ``gamma``."""
@@ -99,10 +104,15 @@ class GoodputPolicy:
         """The draft length for the next step (0: decode this step without drafting)."""
         best = max(range(self.max_draft_len + 1), key=self.goodput)
         if best > 0:
-            self.plain_steps = 0
+            self.plain_steps, self.probe_gap, self.probing = 0, self.probe_every, False
             return best
         self.plain_steps += 1
-        return 1 if self.plain_steps % self.probe_every == 0 else 0  # probe
+        self.probing = self.plain_steps >= self.probe_gap
+        if not self.probing:
+            return 0
+        self.plain_steps = 0
+        self.probe_gap = min(2 * self.probe_gap, MAX_PROBE_GAP)
+        return 1  # a probe: one token, to measure alpha
 
     def observe(self, alphas) -> None:
         """Fold in the exact alphas of the positions verification decided."""
