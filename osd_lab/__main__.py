@@ -48,8 +48,9 @@ def build_parser():
     parser.add_argument("--draft-len", type=int, default=None,
                         help="gamma (constant), its start (heuristic) or its most (goodput); "
                              "default 4, 4 and 16")
-    parser.add_argument("--stop-rule", choices=STOP_RULES, default="none",
-                        help="end blocks early on the draft's own doubt (osd_lab.policies)")
+    parser.add_argument("--stop-rule", choices=STOP_RULES, default="confidence",
+                        help="end blocks early on the draft's own doubt (osd_lab.policies; "
+                             "none turns it off)")
     parser.add_argument("--update-interval", type=int, default=4)
     parser.add_argument("--buffer-size", type=int, default=128)
     parser.add_argument("--loss", choices=DIVERGENCES, default="fkl")

@@ -10,9 +10,10 @@ def test_main_job_prints_report_and_saves_plot(tmp_path, capsys):
           "--max-new-tokens", "6", "--keep-fraction", "0.4", "--out", str(tmp_path)])
     report = capsys.readouterr().out
     for heading in ("| domain | alpha before | alpha after | change |",
-                    "loss fkl (AdaSPEC, k=0.4)", "served alpha per domain", "speculative"):
+                    "loss fkl (AdaSPEC, k=0.4)", "served tokens/s (decoding + updates)",
+                    "| whole stream |", "measured costs (goodput policy)"):
         assert heading in report
-    assert (tmp_path / "online_alpha_tau.png").stat().st_size > 0
+    assert (tmp_path / "online_alpha_speed.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -30,6 +31,9 @@ def test_main_job_prints_report_and_saves_plot(tmp_path, capsys):
     (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
     (["--keep-fraction", "nan"], "--keep-fraction"),
     (["--draft-len", "0"], "--draft-len"),
+    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["--draft-len-policy", "fastest"], "invalid choice"),
+    (["--stop-rule", "hunch"], "invalid choice"),
     (["--queries", "2.0"], "invalid int value"),
 ])
 def test_bad_flags_exit_with_a_message(flags, message, capsys, monkeypatch):
@@ -56,7 +60,7 @@ def test_out_must_be_a_writable_folder_before_any_work(tmp_path, capsys, monkeyp
 
 @pytest.mark.parametrize("flags, message", [
     (["--eval-prompts", "81"], "--eval-prompts must be an integer in [1, 80], got 81"),
-    (["--max-new-tokens", "500"], "--max-new-tokens must be an integer in [2, 431], got 500"),
+    (["--max-new-tokens", "500"], "--max-new-tokens must be an integer in [2, 437], got 500"),
 ])
 def test_flags_that_depend_on_the_zoo(flags, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
