@@ -256,6 +256,12 @@ def main(argv=None):
               f"{overhead:.1f} | " + " | ".join(cells) + " |")
     print("\n(target calls count the prefill too; tokens per prompt: "
           f"{base['tokens'] / len(prompts):.1f} on average)")
+    if real_shapes:  # a random pair's alpha is an accident: what would a trained one give?
+        step_cost = 4 * costs.draft_step + costs.verify_cost(5)  # gamma = 4, in target passes
+        predicted = ", ".join(f"alpha {a}: {expected_tokens_per_step(a, 4) / step_cost:.2f}x"
+                              for a in (0.6, 0.7, 0.8, 0.9))
+        print(f"random weights: this pair's alpha is an accident. Cost model with the measured "
+              f"c and verify cost, gamma = 4, predicts {predicted}")
     differing = {name: k for name, k in differing.items() if k}
     if not differing:
         print("all greedy outputs agree token for token")
