@@ -16,7 +16,7 @@ from itertools import product
 
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
+from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
                           LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 from osd_lab.sampling import logits_to_probs
@@ -179,3 +179,22 @@ def chi_square_p_value(exact: dict, counts: dict, runs: int) -> float:
     chi2 = sum((o - e) ** 2 / e for e, o in merged)
     dof = len(merged) - 1
     return torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(chi2 / 2)).item()
+
+
+# The online decoder's tests: short text queries for the zoo tokenizer.
+PROMPTS = {"sql": ["SELECT name FROM", "SELECT id, title FROM books WHERE"],
+           "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The zoo's tokenizer (shipped: no download)."""
+    from osd_lab.models import ZOO_DIR
+    return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
+
+
+@pytest.fixture()
+def text_pair(tokenizer):
+    """A tiny target over the zoo's vocabulary and a noisy copy as its draft, on the CPU."""
+    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
+    return target, noisy_copy(target, 0.5, seed=1)

@@ -4,26 +4,15 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from conftest import noisy_copy, tiny_model
+from conftest import PROMPTS, tiny_model
 from osd_lab.distill import add_lora, default_lr, default_warmup_updates
-from osd_lab.models import ZOO_DIR, warn_if_draft_larger
+from osd_lab.models import warn_if_draft_larger
 from osd_lab.online import OnlineSpeculativeDecoder, make_stream
 
-PROMPTS = {"sql": ["SELECT name FROM", "SELECT id, title FROM books WHERE"],
-           "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
-
-
-@pytest.fixture()
-def pair(tokenizer):
-    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
-    return target, noisy_copy(target, 0.5, seed=1)
 
 
 def snapshot(model):
@@ -64,9 +53,9 @@ def test_lora_adapters_train_in_float32_in_a_bfloat16_model():
 # -----------------------------------------------------------------------------
 # the online decoder in LoRA mode
 
-def test_lora_updates_leave_the_base_weights_bit_identical(pair, tokenizer):
+def test_lora_updates_leave_the_base_weights_bit_identical(text_pair, tokenizer):
     pytest.importorskip("peft")
-    target, draft = pair
+    target, draft = text_pair
     base = snapshot(draft)
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
                                        max_new_tokens=12, lora_rank=4, lr=1e-2)
@@ -85,10 +74,10 @@ def test_lora_updates_leave_the_base_weights_bit_identical(pair, tokenizer):
 
 @pytest.mark.exactness
 @pytest.mark.parametrize("buffer_top_k", [None, 8])
-def test_lora_mode_greedy_output_is_still_the_targets(pair, tokenizer, buffer_top_k):
+def test_lora_mode_greedy_output_is_still_the_targets(text_pair, tokenizer, buffer_top_k):
     pytest.importorskip("peft")
     from osd_lab.decoding import autoregressive_generate
-    target, draft = pair
+    target, draft = text_pair
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
                                        max_new_tokens=10, lora_rank=4, lr=1e-2,
                                        buffer_top_k=buffer_top_k)
@@ -100,10 +89,10 @@ def test_lora_mode_greedy_output_is_still_the_targets(pair, tokenizer, buffer_to
     assert decoder.history["updates"]
 
 
-def test_a_bad_lora_update_leaves_the_adapters_and_the_optimiser_as_they_were(pair,
+def test_a_bad_lora_update_leaves_the_adapters_and_the_optimiser_as_they_were(text_pair,
                                                                                tokenizer):
     pytest.importorskip("peft")
-    target, draft = pair
+    target, draft = text_pair
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
                                        max_new_tokens=12, lora_rank=4)
     for domain, prompt in make_stream("iid", PROMPTS, 2):
@@ -142,8 +131,8 @@ def test_default_lr_by_draft_size(zoo):
     assert default_lr(zoo.draft, lora_rank=16) == 1e-3
 
 
-def test_warm_up_ramps_the_learning_rate_over_the_updates_taken(pair, tokenizer):
-    target, draft = pair
+def test_warm_up_ramps_the_learning_rate_over_the_updates_taken(text_pair, tokenizer):
+    target, draft = text_pair
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
                                        max_new_tokens=12, lr=1e-3, warmup_updates=3)
     lrs = [decoder.optimizers["draft"].param_groups[0]["lr"]]
@@ -158,10 +147,11 @@ def test_warm_up_ramps_the_learning_rate_over_the_updates_taken(pair, tokenizer)
 # -----------------------------------------------------------------------------
 # bad settings
 
-def test_lora_without_peft_is_a_clear_error_and_changes_no_draft(pair, tokenizer, monkeypatch):
+def test_lora_without_peft_is_a_clear_error_and_changes_no_draft(text_pair, tokenizer,
+                                                                 monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now fails
-    target, draft = pair
+    target, draft = text_pair
     with pytest.raises(ImportError, match="lora_rank needs the peft package"):
         OnlineSpeculativeDecoder(target, draft, tokenizer, lora_rank=4)
     assert all(p.requires_grad for p in draft.parameters())

@@ -3,20 +3,11 @@ import math
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
-from conftest import noisy_copy, tiny_model
-from osd_lab.models import ZOO_DIR
+from conftest import PROMPTS, noisy_copy, tiny_model
 from osd_lab.online import (LearnedRouter, OnlineSpeculativeDecoder, OracleRouter,
                             make_stream)
 
-PROMPTS = {"sql": ["SELECT name FROM", "SELECT id, title FROM books WHERE"],
-           "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
 
 
 @pytest.fixture()

@@ -6,31 +6,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import noisy_copy, tiny_model
+from conftest import PROMPTS, noisy_copy, tiny_model
 from osd_lab.cost import SpeculationCosts
 from osd_lab.evaluation import acceptance_rate, alpha_by_domain, served_speed, speed_by_block
-from osd_lab.models import ZOO_DIR
 from osd_lab.online import OnlineSpeculativeDecoder, OracleRouter, make_stream
 from osd_lab.policies import GoodputPolicy
 
-PROMPTS = {"sql": ["SELECT name FROM", "SELECT id, title FROM books WHERE"],
-           "math": ["Question: Ann has 3 apples.", "Question: A train runs 40 km"]}
 FLAT = SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2))
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
 
 
-@pytest.fixture()
-def pair(tokenizer):
-    target = tiny_model("llama", seed=0, vocab_size=len(tokenizer))
-    return target, noisy_copy(target, 0.5, seed=1)
-
-
-def test_served_speed_counts_updates_beside_a_baseline_of_the_same_queries(pair, tokenizer):
-    decoder = OnlineSpeculativeDecoder(*pair, tokenizer, update_interval=2, max_new_tokens=10,
+def test_served_speed_counts_updates_beside_a_baseline_of_the_same_queries(text_pair, tokenizer):
+    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, update_interval=2, max_new_tokens=10,
                                        costs=FLAT, baseline=True)
     stream = make_stream("sharp", PROMPTS, 8)
     for domain, prompt in stream:
@@ -52,8 +40,8 @@ def test_served_speed_counts_updates_beside_a_baseline_of_the_same_queries(pair,
     assert blocks["math"]["all"]["queries"] == 4
 
 
-def test_served_speed_needs_a_baseline(pair, tokenizer):
-    decoder = OnlineSpeculativeDecoder(*pair, tokenizer, max_new_tokens=6, costs=FLAT)
+def test_served_speed_needs_a_baseline(text_pair, tokenizer):
+    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, max_new_tokens=6, costs=FLAT)
     decoder.serve(PROMPTS["sql"][0])
     with pytest.raises(ValueError, match="baseline=True"):
         served_speed(decoder.history)
@@ -61,8 +49,8 @@ def test_served_speed_needs_a_baseline(pair, tokenizer):
         speed_by_block(decoder.history, last_fraction=0)
 
 
-def test_batched_serving_records_a_baseline_and_update_time(pair, tokenizer):
-    decoder = OnlineSpeculativeDecoder(*pair, tokenizer, update_interval=2, max_new_tokens=8,
+def test_batched_serving_records_a_baseline_and_update_time(text_pair, tokenizer):
+    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, update_interval=2, max_new_tokens=8,
                                        baseline=True, costs=FLAT)
     decoder.serve_batch(PROMPTS["sql"] + PROMPTS["math"], ["sql"] * 2 + ["math"] * 2)
     h = decoder.history
@@ -72,8 +60,8 @@ def test_batched_serving_records_a_baseline_and_update_time(pair, tokenizer):
         decoder.serve_batch(PROMPTS["sql"], draft_len_policy="goodput")
 
 
-def test_an_update_trains_only_drafts_that_served_new_queries(pair, tokenizer):
-    target, draft = pair
+def test_an_update_trains_only_drafts_that_served_new_queries(text_pair, tokenizer):
+    target, draft = text_pair
     drafts = {"sql": draft, "math": noisy_copy(target, 0.5, seed=2)}
     decoder = OnlineSpeculativeDecoder(target, drafts, tokenizer, update_interval=2,
                                        max_new_tokens=10, costs=FLAT,
@@ -85,8 +73,8 @@ def test_an_update_trains_only_drafts_that_served_new_queries(pair, tokenizer):
     assert all(torch.equal(a, b) for a, b in zip(math_before, drafts["math"].parameters()))
 
 
-def test_goodput_policy_is_kept_per_draft_across_queries(pair, tokenizer):
-    target, _ = pair
+def test_goodput_policy_is_kept_per_draft_across_queries(text_pair, tokenizer):
+    target, _ = text_pair
     decoder = OnlineSpeculativeDecoder(target, target, tokenizer, max_new_tokens=12,
                                        costs=FLAT, update_interval=100)
     policy, _ = decoder.policies["draft"]
@@ -99,8 +87,8 @@ def test_goodput_policy_is_kept_per_draft_across_queries(pair, tokenizer):
 
 @pytest.mark.parametrize("kwargs", [dict(draft_len_policy="constant", draft_len=3),
                                     dict(draft_len_policy="heuristic", stop_rule="confidence")])
-def test_other_policies_serve_the_targets_output(pair, tokenizer, kwargs):
-    target, draft = pair
+def test_other_policies_serve_the_targets_output(text_pair, tokenizer, kwargs):
+    target, draft = text_pair
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, max_new_tokens=10,
                                        update_interval=1, **kwargs)
     ids = tokenizer(PROMPTS["math"][1], return_tensors="pt").input_ids
@@ -111,8 +99,8 @@ def test_other_policies_serve_the_targets_output(pair, tokenizer, kwargs):
                                                                      skip_special_tokens=True)
 
 
-def test_save_draft_round_trips_with_identical_alpha(pair, tokenizer, tmp_path):
-    target, draft = pair
+def test_save_draft_round_trips_with_identical_alpha(text_pair, tokenizer, tmp_path):
+    target, draft = text_pair
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
                                        max_new_tokens=10, costs=FLAT)
     for prompt in PROMPTS["sql"]:
@@ -145,14 +133,14 @@ def test_save_draft_round_trips_with_identical_alpha(pair, tokenizer, tmp_path):
     (dict(draft_len_policy="constant", costs=FLAT), "costs are read by the goodput policy"),
     (dict(baseline=1), "baseline must be one of"),
 ])
-def test_bad_serving_settings(pair, tokenizer, kwargs, message):
+def test_bad_serving_settings(text_pair, tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        OnlineSpeculativeDecoder(*pair, tokenizer, **kwargs)
+        OnlineSpeculativeDecoder(*text_pair, tokenizer, **kwargs)
 
 
-def test_save_draft_folds_lora_adapters_into_a_standard_checkpoint(pair, tokenizer, tmp_path):
+def test_save_draft_folds_lora_adapters_into_a_standard_checkpoint(text_pair, tokenizer, tmp_path):
     pytest.importorskip("peft")
-    target, draft = pair
+    target, draft = text_pair
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
                                        max_new_tokens=10, costs=FLAT, lora_rank=4, lr=1e-2)
     for prompt in PROMPTS["sql"]:
@@ -181,7 +169,7 @@ def test_a_draft_that_already_matches_takes_no_update(tokenizer):
     assert runs[0.3].history["updates"] == [] and len(runs[None].history["updates"]) > 0
 
 
-def test_bad_update_below_alpha_is_refused(pair, tokenizer):
+def test_bad_update_below_alpha_is_refused(text_pair, tokenizer):
     for value in (0, 1.5, float("nan"), "high"):
         with pytest.raises(ValueError, match="update_below_alpha must be"):
-            OnlineSpeculativeDecoder(*pair, tokenizer, update_below_alpha=value)
+            OnlineSpeculativeDecoder(*text_pair, tokenizer, update_below_alpha=value)
