@@ -104,7 +104,24 @@ def batch_targets(targets, prompt_lens, shape):
     return place(targets)
 
 
-def guarded_step(model, optimizer, value, ids) -> bool:
+UNDO_LIMIT = 10**8  # trainable weights: above this a step keeps no copy for its undo
+
+
+def master_weights(model):
+    """Float32 copies ``[(...), ...]`` of a half-precision ``model``'s trainable
+    weights, for the optimiser to hold and step (mixed-precision training): a
+    bfloat16 weight cannot move by less than about 2^-8 of itself, so the small
+    steps of a low learning rate round away (3 steps at lr 1e-5 changed 3% of a
+    0.5B draft's weights). ``guarded_step`` moves the gradients onto them and
+    rounds the result back into the model. None when every trainable weight is
+    float32 already (a float32 model, or LoRA adapters: ``add_lora``)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if all(p.dtype == torch.float32 for p in trainable):
+        return None
+    return [p.detach().float().clone().requires_grad_(True) for p in trainable]
+
+
+def guarded_step(model, optimizer, value, ids, master=None) -> bool:
     """One optimiser step on the loss ``value`` (gradient clipped to norm 1), kept
     only if it leaves a working model. Returns False, with the weights and the
     optimiser state as they were, when the loss or the gradient is not finite,
@@ -112,33 +129,65 @@ def guarded_step(model, optimizer, value, ids) -> bool:
     on ``ids`` ``(B, L)`` (the batch it trained on) are not finite and sane
     (``finite_spread``: softmax can use them).
 
-    Only the trainable weights are saved for the undo: with LoRA adapters
-    (``add_lora``) that is the adapters, not a copy of the whole draft."""
+    master: the optimiser's float32 copies of a half-precision model's
+    trainable weights (``master_weights``): the gradient moves onto them, the
+    step is taken there and rounded into the model.
+
+    Memory: the undo saves the trainable weights and the optimiser state
+    before the step, so only when there are at most ``UNDO_LIMIT`` trainable
+    weights (LoRA adapters, a small draft). Full fine-tuning of a larger draft
+    keeps no copy (for a 0.5B draft it would be 6 GB: weights and AdamW's two
+    moments): a step is taken only with a finite loss and clipped gradient, and
+    a broken model after it raises RuntimeError instead of being served."""
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(value):
         return False
     value.backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(trainable, 1.0)):
+    stepped = trainable if master is None else master
+    if master is not None:  # the float32 copies take the gradient
+        for weight, copy_ in zip(trainable, master):
+            copy_.grad, weight.grad = weight.grad.float(), None
+    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(stepped, 1.0)):
         optimizer.zero_grad(set_to_none=True)
         return False
-    weights = [p.detach().clone() for p in trainable]
-    state = copy.deepcopy(optimizer.state_dict())
+    undo = sum(p.numel() for p in stepped) <= UNDO_LIMIT
+    if undo:
+        saved = [p.detach().clone() for p in stepped]
+        state = copy.deepcopy(optimizer.state_dict())
     optimizer.step()
+    if master is not None:
+        copy_weights(trainable, master)
     training = model.training
     model.eval()  # no dropout in the check
     with torch.no_grad():
         # a NaN or inf weight makes its tensor's sum NaN or inf: one sync for all
-        sums = torch.stack([p.sum(dtype=torch.float32) for p in trainable])
+        sums = torch.stack([p.sum(dtype=torch.float32) for p in stepped])
         ok = bool(sums.isfinite().all()) and finite_spread(model(ids).logits)
     model.train(training)
-    if not ok:  # e.g. lr=1e10: finite weights whose logits overflow. Undo the step.
-        with torch.no_grad():
-            for p, saved in zip(trainable, weights):
-                p.copy_(saved)
-        optimizer.load_state_dict(state)
-        optimizer.zero_grad(set_to_none=True)
-    return ok
+    if ok:
+        return True
+    if not undo:
+        raise RuntimeError(
+            f"an update left the draft's weights or logits broken (not finite), and with "
+            f"{sum(p.numel() for p in stepped):,} trainable weights (over UNDO_LIMIT = "
+            f"{UNDO_LIMIT:,}) no copy was kept to undo it: lower the learning rate "
+            f"(lr={optimizer.param_groups[0]['lr']:g}) or train LoRA adapters (lora_rank)")
+    # e.g. lr=1e10: finite weights whose logits overflow. Undo the step.
+    copy_weights(stepped, saved)
+    if master is not None:
+        copy_weights(trainable, master)
+    optimizer.load_state_dict(state)
+    optimizer.zero_grad(set_to_none=True)
+    return False
+
+
+def copy_weights(destination, source):
+    """Copy each tensor of ``source`` into the same-shaped one of ``destination``
+    (rounding to its dtype)."""
+    with torch.no_grad():
+        for weight, value in zip(destination, source):
+            weight.copy_(value)
 
 
 # -----------------------------------------------------------------------------
@@ -268,7 +317,8 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
     rng = random.Random(seed)
     generator = torch.Generator(device=draft.device).manual_seed(seed)
     vocab = slice(0, vocab_size)
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
+    master = master_weights(draft)  # a half-precision draft steps float32 copies
+    optimizer = torch.optim.AdamW(master or draft.parameters(), lr=lr, weight_decay=0.0)
     pad_id = draft.config.pad_token_id or 0
     history = {"loss": [], "kept_fraction": [], "eval": [], "skipped": []}
     cached = {} if target_cache is None else target_cache  # target data is generated once
@@ -316,7 +366,7 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
                                  mask, keep_fraction)
         value = masked_mean(per_token, mask)
         # 4. a step, unless the loss, its gradient or the updated draft is broken
-        if not guarded_step(draft, optimizer, value, ids):
+        if not guarded_step(draft, optimizer, value, ids, master):
             history["skipped"].append(step)
             continue
         history["loss"].append(value.item())

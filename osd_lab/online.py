@@ -17,7 +17,6 @@ Taught in ``notebooks/06_online_speculative_decoding``.
 
 import copy
 import random
-import warnings
 from collections import deque
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from osd_lab.batched import (BATCH_DRAFT_LEN_POLICIES, batched_autoregressive_ge
 from osd_lab.checks import check_choice, check_float, check_int, check_seed
 from osd_lab.decoding import autoregressive_generate, make_policy, speculative_generate
 from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, default_lr,
-                             default_warmup_updates, guarded_step, make_batch, merge_lora,
-                             select_tokens)
+                             default_warmup_updates, guarded_step, make_batch, master_weights,
+                             merge_lora, select_tokens)
 from osd_lab.divergences import DIVERGENCES, compress, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
 from osd_lab.policies import GoodputPolicy, check_stop_rule, moving_average
@@ -173,8 +172,10 @@ class OnlineSpeculativeDecoder:
     lr: None picks ``default_lr`` by the draft's size (1e-3 for the zoo,
     1e-5 for a 0.5B draft); warmup_updates: updates over which lr ramps up
     linearly (None: ``default_warmup_updates``, 0 for the zoo).
-    lora_rank: None fine-tunes every weight; an integer adds LoRA adapters of
-    that rank to each draft (``add_lora``, needs ``peft``): the drafts' base
+    lora_rank: None fine-tunes every weight (a half-precision draft through
+    float32 master weights, ``master_weights``; over ``UNDO_LIMIT`` weights
+    without an undo copy, see ``guarded_step``); an integer adds LoRA adapters
+    of that rank to each draft (``add_lora``, needs ``peft``): the drafts' base
     weights never move, and an update saves only the adapters for its undo.
     buffer_top_k: the buffer keeps, per position, the target's top k
     log-probabilities and the mass of the rest (``divergences.compress``; 64
@@ -250,21 +251,19 @@ class OnlineSpeculativeDecoder:
                 check_lora_rank(draft, lora_rank)
             for draft in self.drafts.values():
                 add_lora(draft, lora_rank)
-        for name, draft in self.drafts.items():
-            if lora_rank is None and draft.dtype in (torch.float16, torch.bfloat16):
-                warnings.warn(f"draft {name!r} is {draft.dtype}: full fine-tuning in half "
-                              f"precision rounds small steps away; pass lora_rank (its "
-                              f"adapters train in float32) or load the draft in float32")
         # AdaSPEC: a reference per draft, from the same weights, trained with plain FKL
         self.references = ({name: copy.deepcopy(d) for name, d in self.drafts.items()}
                            if keep_fraction is not None else {})
         models = {**self.drafts, **{("reference", n): r for n, r in self.references.items()}}
         self.optimizers, self.schedulers = {}, {}
+        # a half-precision draft trains float32 copies of its weights (LoRA adapters
+        # are float32 already): small steps would round away in bfloat16
+        self.masters = {key: master_weights(model) for key, model in models.items()}
         for key, model in models.items():
             trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: adapters
             self.optimizers[key] = torch.optim.AdamW(
-                trainable, lr=default_lr(model, lora_rank) if lr is None else lr,
-                weight_decay=0.0)
+                self.masters[key] or trainable,
+                lr=default_lr(model, lora_rank) if lr is None else lr, weight_decay=0.0)
             warmup = default_warmup_updates(model) if warmup_updates is None else warmup_updates
             self.schedulers[key] = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizers[key], lambda step, w=warmup: min(1.0, (step + 1) / (w + 1)))
@@ -463,7 +462,8 @@ class OnlineSpeculativeDecoder:
             mask = select_tokens(token_divergence("fkl", target_logits, draft_logits),
                                  reference_loss, mask, self.keep_fraction)
         value = masked_mean(per_token, mask)
-        ok = guarded_step(model, self.optimizers[key], value, ids)  # never serve a broken draft
+        ok = guarded_step(model, self.optimizers[key], value, ids,  # never serve a broken draft
+                          self.masters[key])
         if ok:
             self.schedulers[key].step()  # warm-up counts the updates taken
         model.eval()

@@ -75,6 +75,8 @@ class GoodputPolicy:
         after ``probe_every`` steps anyway, to keep measuring alpha; each
         probe that leaves drafting off doubles the wait (up to
         ``MAX_PROBE_GAP`` steps), so a draft that does not pay costs ever less.
+        With costs at which drafting loses even at alpha = 1 (a draft as slow
+        as the target) it never probes: no alpha would change its choice.
 
     One policy can serve many calls: the online decoder keeps one per draft,
     so what it learned about a draft on one query serves the next.
@@ -94,11 +96,16 @@ class GoodputPolicy:
         self.plain_steps = 0  # steps decoded without drafting since the last probe
         self.probe_gap = probe_every  # plain steps until the next probe
         self.probing = False  # whether the last choice was a probe
+        # if drafting loses even when every drafted token is accepted (a draft as
+        # slow as the target), no alpha can change the choice: no probes
+        self.can_pay = any(self.goodput(g, alpha=1.0) > self.goodput(0, alpha=1.0)
+                           for g in range(1, max_draft_len + 1))
 
-    def goodput(self, gamma: int) -> float:
-        """Expected tokens per unit of time (one-token target passes) at ``gamma``."""
+    def goodput(self, gamma: int, alpha: float | None = None) -> float:
+        """Expected tokens per unit of time (one-token target passes) at ``gamma``,
+        with the running alpha or the one given."""
         cost = gamma * self.costs.draft_step + self.costs.verify_cost(gamma + 1)
-        return expected_tokens_per_step(self.alpha, gamma) / cost
+        return expected_tokens_per_step(self.alpha if alpha is None else alpha, gamma) / cost
 
     def next_draft_len(self) -> int:
         """The draft length for the next step (0: decode this step without drafting)."""
@@ -106,6 +113,8 @@ class GoodputPolicy:
         if best > 0:
             self.plain_steps, self.probe_gap, self.probing = 0, self.probe_every, False
             return best
+        if not self.can_pay:
+            return 0
         self.plain_steps += 1
         self.probing = self.plain_steps >= self.probe_gap
         if not self.probing:

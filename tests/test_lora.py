@@ -1,13 +1,14 @@
 """LoRA mode of the online decoder and the settings for real drafts (osd_lab.distill)."""
 
 import copy
+import importlib
 
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from conftest import PROMPTS, tiny_model
-from osd_lab.distill import add_lora, default_lr, default_warmup_updates
+from osd_lab.distill import add_lora, default_lr, default_warmup_updates, master_weights
 from osd_lab.models import warn_if_draft_larger
 from osd_lab.online import OnlineSpeculativeDecoder, make_stream
 
@@ -112,6 +113,62 @@ def test_a_bad_lora_update_leaves_the_adapters_and_the_optimiser_as_they_were(te
 
 
 # -----------------------------------------------------------------------------
+# full fine-tuning: float32 master weights, no undo copy for a large draft
+
+def test_a_half_precision_draft_trains_float32_master_weights(tokenizer):
+    """bfloat16 rounds a step under ~2^-8 of a weight away; the optimiser steps
+    float32 copies instead, and the served draft is their rounding."""
+    target = tiny_model("llama", vocab_size=len(tokenizer), dtype=torch.bfloat16)
+    draft = copy.deepcopy(target)
+    before = [p.detach().float().clone() for p in draft.parameters()]
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                       max_new_tokens=12, lr=1e-4, temperature=1.0,
+                                       update_below_alpha=None)
+    for prompt in PROMPTS["sql"] + PROMPTS["math"]:
+        decoder.serve(prompt)
+    master = decoder.masters["draft"]
+    assert len(decoder.history["updates"]) >= 2 and not decoder.history["skipped"]
+    assert {m.dtype for m in master} == {torch.float32}
+    assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(draft.parameters(), master))
+    moved = sum((m != b).sum().item() for m, b in zip(master, before))
+    served_moved = sum((p.float() != b).sum().item() for p, b in zip(draft.parameters(), before))
+    print(f"master weights moved: {moved}, served bfloat16 weights moved: {served_moved}")
+    assert moved > 0.4 * sum(b.numel() for b in before)  # every weight with a gradient
+    assert served_moved < moved / 2  # most steps are below bfloat16's resolution so far
+    assert next(draft.parameters()).dtype == torch.bfloat16  # still served in bfloat16
+
+
+def test_lora_and_float32_drafts_need_no_master_weights(text_pair, tokenizer):
+    pytest.importorskip("peft")
+    target, draft = text_pair
+    assert OnlineSpeculativeDecoder(target, draft, tokenizer).masters["draft"] is None
+    half = tiny_model("qwen2", dtype=torch.bfloat16)
+    add_lora(half, 4)
+    assert master_weights(half) is None  # the adapters are float32 already
+
+
+def test_over_the_undo_limit_an_update_keeps_no_copy_and_a_broken_one_raises(
+        text_pair, tokenizer, monkeypatch):
+    """A real-size draft (0.5B: 6 GB of weights and AdamW moments) gets no undo
+    copy: a good step is taken as before; a step that breaks the draft raises
+    rather than serving it."""
+    target, draft = text_pair
+    # the module (osd_lab.distill as an attribute of osd_lab is the function distill)
+    monkeypatch.setattr(importlib.import_module("osd_lab.distill"), "UNDO_LIMIT", 0)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
+                                       max_new_tokens=12, update_below_alpha=None)
+    optimizer = decoder.optimizers["draft"]
+    monkeypatch.setattr(optimizer, "state_dict", lambda: pytest.fail("state copied for undo"))
+    for domain, prompt in make_stream("iid", PROMPTS, 2):
+        decoder.serve(prompt, domain)
+    assert len(decoder.history["updates"]) == 1
+    for group in optimizer.param_groups:
+        group["lr"] = 1e10
+    with pytest.raises(RuntimeError, match="no copy was kept to undo it.*lora_rank"):
+        decoder.update()
+
+
+# -----------------------------------------------------------------------------
 # learning rate and warm-up by draft size
 
 def qwen_on_meta(hidden, layers, heads, intermediate):
@@ -155,12 +212,6 @@ def test_lora_without_peft_is_a_clear_error_and_changes_no_draft(text_pair, toke
     with pytest.raises(ImportError, match="lora_rank needs the peft package"):
         OnlineSpeculativeDecoder(target, draft, tokenizer, lora_rank=4)
     assert all(p.requires_grad for p in draft.parameters())
-
-
-def test_full_fine_tuning_of_a_half_precision_draft_warns(tokenizer):
-    target = tiny_model("llama", vocab_size=len(tokenizer), dtype=torch.bfloat16)
-    with pytest.warns(UserWarning, match="pass lora_rank"):
-        OnlineSpeculativeDecoder(target, copy.deepcopy(target), tokenizer)
 
 
 def test_a_draft_larger_than_its_target_warns():

@@ -74,8 +74,10 @@ def test_goodput_policy_follows_alpha_and_costs():
     ones = [i for i, n in enumerate(lens) if n]
     assert ones == [7, 23, 55] and set(lens) == {0, 1}  # probes after 8, 16, 32 plain steps
     costly = GoodputPolicy(SpeculationCosts(0.9, (1.0, 2.0, 3.0)), alpha=0.7)
-    assert costly.next_draft_len() == 0  # a draft as slow as the target never pays
-    
+    assert costly.next_draft_len() == 0  # a draft as slow as the target never pays...
+    assert not any(costly.next_draft_len() for _ in range(100))  # ... so it never probes
+    assert costly.can_pay is False and policy.can_pay is True
+
 
 def test_one_goodput_policy_carries_alpha_across_calls():
     target = tiny_model("llama", seed=0)
