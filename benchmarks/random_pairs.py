@@ -39,7 +39,15 @@ RANDOM_PAIRS = {  # name: (draft shape, target shape)
 
 
 def random_model(shape: str, tokenizer, device, dtype, seed: int = 0) -> Qwen2ForCausalLM:
-    """A Qwen2 causal LM of ``QWEN2_SHAPES[shape]`` with seeded random weights."""
+    """A Qwen2 causal LM of ``QWEN2_SHAPES[shape]`` with seeded random weights.
+
+    transformers initialises the padding token's embedding row to zeros, and the
+    zoo tokenizer's padding token is also its beginning-of-text token, which
+    starts every prompt: the first position's hidden state would then be exactly
+    zero through all layers, and each RMSNorm's backward multiplies a zero
+    input's gradient by 1/sqrt(eps) = 1000, so 24 layers overflow to NaN
+    gradients (every update of a random 0.5B draft was skipped). A trained
+    checkpoint has no such row; this one is random like the rest."""
     torch.manual_seed(seed)
     config = Qwen2Config(**QWEN2_SHAPES[shape], tie_word_embeddings=True,
                          max_position_embeddings=32768, rope_theta=1e6,
@@ -47,6 +55,9 @@ def random_model(shape: str, tokenizer, device, dtype, seed: int = 0) -> Qwen2Fo
                          pad_token_id=tokenizer.pad_token_id)
     with torch.device(device):  # initialised where it runs: fast on a GPU
         model = Qwen2ForCausalLM(config)
+    with torch.no_grad():  # random like the others, as a trained row would be: see below
+        model.get_input_embeddings().weight[config.pad_token_id].normal_(
+            0.0, config.initializer_range)
     return model.to(dtype).eval()
 
 

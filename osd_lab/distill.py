@@ -26,6 +26,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from osd_lab.cache import keeps_logits
 from osd_lab.checks import (check_choice, check_float, check_int, check_prompt_list, check_seed,
                             finite_spread)
 from osd_lab.decoding import autoregressive_generate
@@ -74,6 +75,26 @@ def make_batch(sequences, prompt_lens, pad_id=0):
     return ids, mask
 
 
+def first_scored(mask) -> int:
+    """The first position of a loss mask ``(B, L - 1)`` that any row scores (0 if
+    none): the positions before it are prompt positions of every row."""
+    scored = mask.any(0)  # (L - 1,)
+    return int(scored.float().argmax()) if scored.any() else 0
+
+
+def continuation_logits(model, ids, start=0, vocab_size=None):
+    """``model``'s logits ``(B, L - 1 - start, V)`` at positions start .. L - 2 of
+    ``ids`` ``(B, L)`` (those that score tokens start + 1 .. L - 1, aligned with
+    ``mask[:, start:]`` of ``make_batch``), sliced to ``vocab_size``.
+
+    Only these positions' logits are computed (``logits_to_keep``, where the
+    model takes it): a loss never reads the logits of prompt positions, and at a
+    152k vocabulary they are most of an update's memory."""
+    keep = ids.shape[1] - start
+    kwargs = {"logits_to_keep": keep} if keeps_logits(type(model)) else {}
+    return model(ids, **kwargs).logits[:, -keep:-1, :vocab_size]
+
+
 def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
                        max_new_tokens, temperature, eval_every):
     check_choice("loss", loss, DIVERGENCES)
@@ -89,15 +110,17 @@ def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_si
     check_int("eval_every", eval_every, low=1)
 
 
-def batch_targets(targets, prompt_lens, shape):
+def batch_targets(targets, prompt_lens, shape, start=0):
     """Place each query's target distributions (``(N, V)`` logits or a
     ``CompactDistribution`` of N positions) at its continuation positions of a
-    batch aligned t -> t + 1, ``shape`` = ``(B, L - 1)`` as from ``make_batch``.
-    Other positions hold zeros: finite values, which the loss mask drops."""
-    def place(parts):  # [(N_i, ...)] -> (B, L - 1, ...)
+    batch aligned t -> t + 1: ``shape`` = ``(B, L - 1 - start)``, the positions
+    from ``start`` on of a ``make_batch`` mask (``mask[:, start:]``). Other
+    positions hold zeros: finite values, which the loss mask drops."""
+    def place(parts):  # [(N_i, ...)] -> (B, L - 1 - start, ...)
         out = parts[0].new_zeros(*shape, *parts[0].shape[1:])
         for row, (part, prompt_len) in enumerate(zip(parts, prompt_lens)):
-            out[row, prompt_len - 1:prompt_len - 1 + len(part)] = part
+            first = prompt_len - 1 - start
+            out[row, first:first + len(part)] = part
         return out
     if isinstance(targets[0], CompactDistribution):
         return CompactDistribution(*(place(list(field)) for field in zip(*targets)))
@@ -166,6 +189,7 @@ def guarded_step(model, optimizer, value, ids, master=None) -> bool:
         ok = bool(sums.isfinite().all()) and finite_spread(model(ids).logits)
     model.train(training)
     if ok:
+        optimizer.zero_grad(set_to_none=True)  # not kept while serving (2 GB for 0.5B)
         return True
     if not undo:
         raise RuntimeError(
@@ -316,7 +340,6 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
         check_int("vocab_size", vocab_size, 1, min(output_vocab_size(m) for m in (draft, target)))
     rng = random.Random(seed)
     generator = torch.Generator(device=draft.device).manual_seed(seed)
-    vocab = slice(0, vocab_size)
     master = master_weights(draft)  # a half-precision draft steps float32 copies
     optimizer = torch.optim.AdamW(master or draft.parameters(), lr=lr, weight_decay=0.0)
     pad_id = draft.config.pad_token_id or 0
@@ -351,12 +374,16 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
         batch = [sequence_for(rng.randrange(len(prompts))) for _ in range(batch_size)]
         ids, mask = make_batch([s.cpu() for s, _ in batch], [n for _, n in batch], pad_id)
         ids, mask = ids.to(draft.device), mask.to(draft.device)
-        # 2. teacher logits (no gradient) and student logits, aligned at t -> t + 1
+        # 2. teacher logits (no gradient) and student logits, aligned at t -> t + 1,
+        #    from the first continuation position on: (B, L', V), L' = L - 1 - start
+        start = first_scored(mask)
+        mask = mask[:, start:]
         with torch.no_grad():
-            target_logits = target(ids).logits[:, :-1, vocab]  # (B, L - 1, V)
-            reference_logits = reference(ids).logits[:, :-1, vocab] if reference else None
+            target_logits = continuation_logits(target, ids, start, vocab_size)
+            reference_logits = (continuation_logits(reference, ids, start, vocab_size)
+                                if reference else None)
         draft.train()
-        draft_logits = draft(ids).logits[:, :-1, vocab]  # (B, L - 1, V)
+        draft_logits = continuation_logits(draft, ids, start, vocab_size)
         per_token = token_divergence(loss, target_logits, draft_logits, temperature)
         num_continuation = mask.sum().item()
         # 3. AdaSPEC: train only on the tokens the reference shows are learnable

@@ -26,9 +26,9 @@ from osd_lab.batched import (BATCH_DRAFT_LEN_POLICIES, batched_autoregressive_ge
                              batched_speculative_generate)
 from osd_lab.checks import check_choice, check_float, check_int, check_seed
 from osd_lab.decoding import autoregressive_generate, make_policy, speculative_generate
-from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, default_lr,
-                             default_warmup_updates, guarded_step, make_batch, master_weights,
-                             merge_lora, select_tokens)
+from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, continuation_logits,
+                             default_lr, default_warmup_updates, first_scored, guarded_step,
+                             make_batch, master_weights, merge_lora, select_tokens)
 from osd_lab.divergences import DIVERGENCES, compress, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
 from osd_lab.policies import GoodputPolicy, check_stop_rule, moving_average
@@ -431,33 +431,37 @@ class OnlineSpeculativeDecoder:
         if not buffer:
             return
         batch = self.rng.sample(list(buffer), min(self.batch_size, len(buffer)))
-        ids, mask = make_batch([seq for seq, _, _ in batch], [n for _, n, _ in batch])
-        # (B, L - 1, V) logits, or a CompactDistribution of (B, L - 1) positions
-        target_logits = batch_targets([t for _, _, t in batch], [n for _, n, _ in batch],
-                                      mask.shape)
+        prompt_lens = [n for _, n, _ in batch]
+        ids, mask = make_batch([seq for seq, _, _ in batch], prompt_lens)
+        start = first_scored(mask)  # positions before it are every row's prompt
+        mask = mask[:, start:]  # (B, L'), L' = L - 1 - start
+        # (B, L', V) logits, or a CompactDistribution of (B, L') positions
+        target_logits = batch_targets([t for _, _, t in batch], prompt_lens, mask.shape, start)
         ids, mask = ids.to(draft.device), mask.to(draft.device)
         target_logits = target_logits.to(draft.device)
         query = len(self.history["domain"])
         reference_loss = None
         if name in self.references:  # AdaSPEC: which tokens can a draft this size learn?
             _, reference_loss = self._step(self.references[name], ("reference", name), ids,
-                                           target_logits, mask, "fkl")
-        value, _ = self._step(draft, name, ids, target_logits, mask, self.loss, reference_loss)
+                                           start, target_logits, mask, "fkl")
+        value, _ = self._step(draft, name, ids, start, target_logits, mask, self.loss,
+                              reference_loss)
         if value is None:
             self.history["skipped"].append((query, name))
         else:
             self.history["updates"].append((query, name, value, len(batch)))
 
-    def _step(self, model, key, ids, target_logits, mask, loss, reference_loss=None):
-        """One optimiser step on the masked mean divergence. With a ``reference_loss``
-        ``(B, L - 1)`` (AdaSPEC) only the top ``keep_fraction`` of tokens by
-        KL(p || q_model) - reference_loss count. Returns the loss, or None (weights
-        and optimiser state restored) when the loss, gradient, new weights or the
-        new logits on ``ids`` are not finite (``guarded_step``), and the per-token
-        divergence ``(B, L - 1)`` before the step."""
+    def _step(self, model, key, ids, start, target_logits, mask, loss, reference_loss=None):
+        """One optimiser step on the masked mean divergence over positions ``start``
+        on of ``ids`` ``(B, L)`` (``mask`` and ``target_logits``: ``(B, L')``,
+        L' = L - 1 - start). With a ``reference_loss`` ``(B, L')`` (AdaSPEC) only the
+        top ``keep_fraction`` of tokens by KL(p || q_model) - reference_loss count.
+        Returns the loss, or None (weights and optimiser state restored) when the
+        loss, gradient, new weights or the new logits on ``ids`` are not finite
+        (``guarded_step``), and the per-token divergence ``(B, L')`` before the step."""
         model.train()
-        draft_logits = model(ids).logits[:, :-1, :self.vocab_size]  # (B, L - 1, V)
-        per_token = token_divergence(loss, target_logits, draft_logits)  # (B, L - 1)
+        draft_logits = continuation_logits(model, ids, start, self.vocab_size)  # (B, L', V)
+        per_token = token_divergence(loss, target_logits, draft_logits)  # (B, L')
         if reference_loss is not None:
             mask = select_tokens(token_divergence("fkl", target_logits, draft_logits),
                                  reference_loss, mask, self.keep_fraction)

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from conftest import noisy_copy, tiny_model
-from osd_lab.distill import (acceptance_rate, adaspec, distill, make_batch, select_tokens)
+from conftest import ARCHITECTURES, noisy_copy, tiny_model
+from osd_lab.distill import (acceptance_rate, adaspec, continuation_logits, distill, first_scored,
+                             make_batch, select_tokens)
 
 
 def prompts(n=6, length=4, seed=0):
@@ -16,6 +17,21 @@ def test_make_batch_aligns_logits_with_next_tokens():
     assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]]
     # logits at t score token t + 1: continuation tokens 7, 8, 9 are scored at t = 1, 2, 3
     assert mask.tolist() == [[False, True, True, True], [False, True, False, False]]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_continuation_logits_are_the_full_logits_from_the_first_scored_position(arch):
+    """An update computes logits only from the first continuation position on."""
+    model = tiny_model(arch)
+    sequences = [torch.arange(3, 12), torch.arange(20, 27)]
+    ids, mask = make_batch(sequences, [6, 4])
+    start = first_scored(mask)
+    assert start == 3 and not mask[:, :start].any()  # row 2's first continuation token: 4
+    full = model(ids).logits[:, :-1]  # (B, L - 1, V)
+    for begin in (0, start, ids.shape[1] - 2):
+        part = continuation_logits(model, ids, begin, vocab_size=50)
+        torch.testing.assert_close(part, full[:, begin:, :50], atol=1e-5, rtol=1e-5)
+    assert first_scored(torch.zeros(2, 0, dtype=torch.bool)) == 0
 
 
 def test_select_tokens_keeps_top_fraction_by_delta():
