@@ -33,7 +33,7 @@ from osd_lab.online import OnlineSpeculativeDecoder  # noqa: E402
 MODES = {"lora": dict(lora_rank=16), "full": dict(lora_rank=None)}
 
 
-def peak_rss_gb() -> float:
+def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
@@ -46,7 +46,7 @@ def buffer_bytes(decoder) -> int:
 def run_mode(mode, queries, max_new_tokens, update_interval, prompt_len, pair_name):
     """Serve the stream in this process; returns what it measured, as a dict."""
     pair = random_pair(pair_name, device="cpu", dtype=torch.float32)
-    loaded_gb = peak_rss_gb()
+    loaded_gib = peak_rss_gib()
     decoder = OnlineSpeculativeDecoder(pair.target, pair.draft, pair.tokenizer,
                                        update_interval=update_interval,
                                        max_new_tokens=max_new_tokens,
@@ -59,7 +59,7 @@ def run_mode(mode, queries, max_new_tokens, update_interval, prompt_len, pair_na
         decoder.serve(pair.tokenizer.decode(ids))
     positions = sum(len(target.top_indices) if decoder.buffer_top_k else len(target)
                     for _, _, target in decoder.buffers["draft"])
-    return {"mode": mode, "peak_rss_gb": peak_rss_gb(), "after_loading_gb": loaded_gb,
+    return {"mode": mode, "peak_rss_gib": peak_rss_gib(), "after_loading_gib": loaded_gib,
             "buffered_queries": len(decoder.buffers["draft"]), "buffered_positions": positions,
             "buffer_bytes": buffer_bytes(decoder),
             "full_logits_bytes": positions * pair.vocab_size * 4,
@@ -97,8 +97,8 @@ def main():
             print(f"{mode}: failed (exit {child.returncode})\n{child.stderr[-2000:]}")
             continue
         r = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"{mode:4}: peak RSS {r['peak_rss_gb']:.1f} GB (models loaded: "
-              f"{r['after_loading_gb']:.1f} GB); {r['updates']} updates, {r['skipped']} "
+        print(f"{mode:4}: peak RSS {r['peak_rss_gib']:.1f} GiB (models loaded: "
+              f"{r['after_loading_gib']:.1f} GiB); {r['updates']} updates, {r['skipped']} "
               f"skipped, {r['trainable_parameters'] / 1e6:.1f}M trainable weights; buffer "
               f"{r['buffered_queries']} queries, {r['buffered_positions']} positions, "
               f"{r['buffer_bytes'] / 2**20:.2f} MB (full logits: "
