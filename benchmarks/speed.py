@@ -27,7 +27,7 @@ SQL questions over schemas and phrasings the zoo never saw (only with the
 sql domain). --pair: "zoo", a preset, or a random-initialised pair with real
 shapes from ``random_pairs.py`` (its alpha is an accident: costs only).
 On a random pair the prompts are ``REAL_SHAPE_PROMPTS`` (code, prose, SQL;
-``--prompts`` caps them), the costs are measured in one round, and only
+``--prompts`` caps them), the costs are measured in three rounds, and only
 autoregressive, constant gamma=4, goodput, goodput + confidence and
 transformers' assisted generation run (a 1.5B target takes seconds per pass
 on a small CPU). ``--self-draft``: the target drafts for itself (alpha = 1,
@@ -45,6 +45,7 @@ import torch
 from osd_lab.cost import expected_tokens_per_step, measure_costs
 from osd_lab.decoding import GenerationOutput, autoregressive_generate, speculative_generate
 from osd_lab.models import load_pair
+from osd_lab.policies import GoodputPolicy
 from osd_lab.sampling import get_device
 from osd_lab.timing import CountCalls, clock, time_side_by_side
 from osd_lab.zoo.corpus import load_corpus
@@ -201,7 +202,7 @@ def main(argv=None):
     prompts = [pair.tokenizer(t, return_tensors="pt").input_ids.to(pair.device) for t in texts]
     warmup, prompts = prompts[0], prompts[1:]
     eos, n = pair.tokenizer.eos_token_id, args.tokens
-    costs = measure_costs(pair.target, pair.draft, repeats=1 if real_shapes else 5)
+    costs = measure_costs(pair.target, pair.draft, repeats=3 if real_shapes else 5)
     methods = {
         "autoregressive (ours)": ours(pair, n, eos),
         "speculative, constant gamma=4": ours(pair, n, eos, draft_len_policy="constant"),
@@ -262,6 +263,12 @@ def main(argv=None):
                               for a in (0.6, 0.7, 0.8, 0.9))
         print(f"random weights: this pair's alpha is an accident. Cost model with the measured "
               f"c and verify cost, gamma = 4, predicts {predicted}")
+        choices = []
+        for a in (0.6, 0.7, 0.8, 0.9):  # goodput's best block at each alpha, and its speedup
+            policy = GoodputPolicy(costs, alpha=a)
+            best = max(range(policy.max_draft_len + 1), key=policy.goodput)
+            choices.append(f"alpha {a}: gamma = {best}, {policy.goodput(best):.2f}x")
+        print(f"goodput's choice at those costs: {', '.join(choices)}")
     differing = {name: k for name, k in differing.items() if k}
     if not differing:
         print("all greedy outputs agree token for token")

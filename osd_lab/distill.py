@@ -14,8 +14,10 @@ delta = L(draft) - L(reference) under forward KL, and the draft trains only on
 the top ``keep_fraction`` of tokens by delta, skipping the hard-to-fit rest.
 
 Updating a pretrained draft (section "updating a real draft"): a learning rate
-chosen by the draft's size (``default_lr``), and LoRA adapters (``add_lora``,
-through ``peft``) so that the served draft's base weights never move.
+chosen by the draft's size (``default_lr``), LoRA adapters (``add_lora``,
+through ``peft``) so that the served draft's base weights never move, float32
+master weights for a half-precision draft (``master_weights``), and a guard
+that keeps no copy of a large draft (``guarded_step``).
 Taught in ``notebooks/04_distillspec`` and ``05_adaspec``.
 """
 
