@@ -3,13 +3,16 @@
     python benchmarks/speed.py [--pair zoo] [--prompt-set heldout|unlike] [--prompts 20]
                                [--tokens 64] [--repeats 2] [--threads 2]
                                [--device cuda] [--dtype bfloat16]
+    python benchmarks/speed.py --pair layered-qwen2.5 --alpha 0.6 0.8 0.95 --tokens 24
     python benchmarks/speed.py --pair random-qwen2.5 [--self-draft] --tokens 16 --repeats 1
 
 On the same prompts, device and threads, greedy decoding until end-of-text
 or ``--tokens`` with
   * ``autoregressive_generate`` (KV cache, the baseline),
-  * ``speculative_generate`` with each draft-length policy (constant gamma=4,
-    heuristic, goodput) and goodput with each stopping rule,
+  * ``speculative_generate`` called with its defaults (goodput + transformers'
+    confidence rule, ``osd_lab.policies.DEFAULT_*``), and with each
+    draft-length policy (constant gamma=4, heuristic, goodput without a rule,
+    goodput + entropy),
   * transformers' ``generate`` alone and with ``assistant_model=draft`` and
     its default schedule (heuristic from 20 with a confidence threshold of
     0.4, on transformers 5).
@@ -24,17 +27,20 @@ of tokens, ``measure_costs``); the table shows measured / predicted.
 
 --prompt-set: "heldout", the held-out prompts of ``--domain``; "unlike",
 SQL questions over schemas and phrasings the zoo never saw (only with the
-sql domain). --pair: "zoo", a preset, or a random-initialised pair with real
-shapes from ``random_pairs.py`` (its alpha is an accident: costs only).
-On a random pair the prompts are ``REAL_SHAPE_PROMPTS`` (code, prose, SQL;
-``--prompts`` caps them), the costs are measured in three rounds, and only
-autoregressive, constant gamma=4, goodput, goodput + confidence and
-transformers' assisted generation run (a 1.5B target takes seconds per pass
-on a small CPU). ``--self-draft``: the target drafts for itself (alpha = 1,
-the upper bound; what is left is the decoders' own overhead). Every row also
-gives the mean time of one target call and one draft call (forward hooks),
-and the time per token spent outside the models' passes: the loop's overhead.
-Nothing here is a test.
+sql domain). --pair: "zoo", a preset, a layered pair or a random pair from
+``random_pairs.py``, both with real shapes and random weights:
+  * layered (``layered-qwen2.5``: a Qwen2.5-1.5B-shaped target drafted for
+    by its own first 6 layers and head, c about 0.3): the script calibrates
+    it to each ``--alpha`` in turn (scaling the target's upper layers down)
+    and prints one table per alpha, with the alpha measured while decoding;
+  * random (``random-qwen2.5``: a random 0.5B draft, alpha an accident, near
+    0; ``--self-draft``: the target drafts for itself, alpha = 1 and c = 1).
+On these the prompts are ``REAL_SHAPE_PROMPTS`` (code, prose, SQL;
+``--prompts`` caps them), the costs are measured in three rounds, and goodput
++ entropy and transformers' plain ``generate`` are left out (a 1.5B target
+takes a second per pass on a small CPU). Every row also gives the mean time
+of one target call and one draft call (forward hooks), and the time per token
+spent outside the models' passes: the loop's overhead. Nothing here is a test.
 """
 
 import argparse
@@ -45,11 +51,11 @@ import torch
 from osd_lab.cost import expected_tokens_per_step, measure_costs
 from osd_lab.decoding import GenerationOutput, autoregressive_generate, speculative_generate
 from osd_lab.models import load_pair
-from osd_lab.policies import GoodputPolicy
+from osd_lab.policies import DEFAULT_DRAFT_LEN_POLICY, DEFAULT_STOP_RULE, GoodputPolicy
 from osd_lab.sampling import get_device
 from osd_lab.timing import CountCalls, clock, time_side_by_side
 from osd_lab.zoo.corpus import load_corpus
-from random_pairs import RANDOM_PAIRS, random_pair, shared_copy
+from random_pairs import LAYERED_PAIRS, RANDOM_PAIRS, calibrate, layered_pair, random_pair, shared_copy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -113,12 +119,13 @@ def unlike_prompts():
     return [f"Schema: {schema}\nQuestion: {question}\nSQL:" for schema, question in UNLIKE]
 
 
-def ours(pair, tokens, eos, **kwargs):
-    """Our decoder as ``f(ids) -> GenerationOutput``; stats also count calls."""
+def ours(pair, tokens, eos, speculative=True, **kwargs):
+    """Our decoder as ``f(ids) -> GenerationOutput``; stats also count calls.
+    kwargs: options of ``speculative_generate`` (none: its defaults)."""
     def decode(ids):
         counter = CountCalls(target=pair.target, draft=pair.draft)
         with counter as calls:
-            if kwargs:
+            if speculative:
                 out = speculative_generate(pair.target, pair.draft, ids, tokens, eos_token_id=eos,
                                            vocab_size=pair.vocab_size, **kwargs)
             else:
@@ -166,66 +173,31 @@ def predicted_speedup(stats, costs):
     return alpha, tokens / cost
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pair", default="zoo")
-    parser.add_argument("--self-draft", action="store_true",
-                        help="random pairs: the target drafts for itself (alpha = 1)")
-    parser.add_argument("--domain", default="sql")
-    parser.add_argument("--prompt-set", choices=("heldout", "unlike"), default="heldout")
-    parser.add_argument("--prompts", type=int, default=20)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best)")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                        help="default: float32 for the zoo and on a CPU, else bfloat16")
-    args = parser.parse_args(argv)
-    if args.prompt_set == "unlike" and args.domain != "sql":
-        parser.error("--prompt-set unlike has SQL prompts only: use --domain sql")
-    for flag, value in (("--prompts", args.prompts), ("--tokens", args.tokens),
-                        ("--repeats", args.repeats), ("--threads", args.threads)):
-        if value < 1:
-            parser.error(f"{flag} must be an integer >= 1, got {value}")
-    torch.set_num_threads(args.threads)
-    dtype = DTYPES.get(args.dtype)
-    real_shapes = args.pair in RANDOM_PAIRS
-    if args.self_draft and not real_shapes:
-        parser.error(f"--self-draft needs a random pair: {sorted(RANDOM_PAIRS)}")
-    if real_shapes:
-        pair = random_pair(args.pair, args.device or get_device(), dtype, args.self_draft)
-        texts = ["Hello, world."] + list(REAL_SHAPE_PROMPTS.values())[:args.prompts]
-    else:
-        pair = load_pair(args.pair, device=args.device, dtype=dtype)
-        texts = (unlike_prompts() if args.prompt_set == "unlike"
-                 else load_corpus()[args.domain]["prompts"])[:args.prompts + 1]
-    prompts = [pair.tokenizer(t, return_tensors="pt").input_ids.to(pair.device) for t in texts]
-    warmup, prompts = prompts[0], prompts[1:]
-    eos, n = pair.tokenizer.eos_token_id, args.tokens
-    costs = measure_costs(pair.target, pair.draft, repeats=3 if real_shapes else 5)
+def methods_for(pair, n, eos, costs, few):
+    """The decoders to compare, by name; ``few``: on a real-shape pair (seconds
+    per pass) leave out those that tell the least."""
     methods = {
-        "autoregressive (ours)": ours(pair, n, eos),
+        "autoregressive (ours)": ours(pair, n, eos, speculative=False),
+        f"speculative, the default call ({DEFAULT_DRAFT_LEN_POLICY} + {DEFAULT_STOP_RULE})":
+            ours(pair, n, eos),
         "speculative, constant gamma=4": ours(pair, n, eos, draft_len_policy="constant"),
         "speculative, heuristic": ours(pair, n, eos, draft_len_policy="heuristic"),
-        "speculative, goodput": ours(pair, n, eos, draft_len_policy="goodput", costs=costs),
-        "speculative, goodput + confidence": ours(pair, n, eos, draft_len_policy="goodput",
-                                                  costs=costs, stop_rule="confidence"),
+        "speculative, goodput": ours(pair, n, eos, draft_len_policy="goodput", costs=costs,
+                                     stop_rule=None),
         "speculative, goodput + entropy": ours(pair, n, eos, draft_len_policy="goodput",
                                                costs=costs, stop_rule="entropy"),
         "transformers generate": transformers_generate(pair, n, eos),
         "transformers assisted (defaults)": transformers_generate(pair, n, eos, assistant=True),
     }
-    if real_shapes:  # seconds per pass: the policies that tell the most
-        for name in ("speculative, heuristic", "speculative, goodput + entropy",
-                     "transformers generate"):
+    if few:
+        for name in ("speculative, goodput + entropy", "transformers generate"):
             del methods[name]
-    print(f"pair {pair.name} on {pair.device} in {str(pair.target.dtype).removeprefix('torch.')}, "
-          f"{torch.get_num_threads()} threads, {args.prompt_set} {args.domain} prompts: "
-          f"{len(prompts)} x up to {n} tokens (end-of-text stops), greedy, best of "
-          f"{args.repeats} interleaved; measured c = {costs.draft_step:.3f}, verify cost of "
-          f"2 / 5 / 9 / 17 tokens = {costs.verify[1]:.2f} / {costs.verify[4]:.2f} / "
-          f"{costs.verify[8]:.2f} / {costs.verify[16]:.2f} one-token passes")
-    results = time_side_by_side(methods, prompts, warmup, args.repeats)
+    return methods
+
+
+def print_table(pair, prompts, warmup, methods, costs, repeats):
+    """Time ``methods`` side by side and print one table row per method."""
+    results = time_side_by_side(methods, prompts, warmup, repeats)
     base = results["autoregressive (ours)"]
     assisted = results["transformers assisted (defaults)"]
     print("\n| method | tokens/s | vs autoregressive | vs assisted | target calls / token | "
@@ -257,24 +229,102 @@ def main(argv=None):
               f"{overhead:.1f} | " + " | ".join(cells) + " |")
     print("\n(target calls count the prefill too; tokens per prompt: "
           f"{base['tokens'] / len(prompts):.1f} on average)")
-    if real_shapes:  # a random pair's alpha is an accident: what would a trained one give?
-        step_cost = 4 * costs.draft_step + costs.verify_cost(5)  # gamma = 4, in target passes
-        predicted = ", ".join(f"alpha {a}: {expected_tokens_per_step(a, 4) / step_cost:.2f}x"
-                              for a in (0.6, 0.7, 0.8, 0.9))
-        print(f"random weights: this pair's alpha is an accident. Cost model with the measured "
-              f"c and verify cost, gamma = 4, predicts {predicted}")
-        choices = []
-        for a in (0.6, 0.7, 0.8, 0.9):  # goodput's best block at each alpha, and its speedup
-            policy = GoodputPolicy(costs, alpha=a)
-            best = max(range(policy.max_draft_len + 1), key=policy.goodput)
-            choices.append(f"alpha {a}: gamma = {best}, {policy.goodput(best):.2f}x")
-        print(f"goodput's choice at those costs: {', '.join(choices)}")
     differing = {name: k for name, k in differing.items() if k}
     if not differing:
         print("all greedy outputs agree token for token")
     for name, k in differing.items():
         print(f"{name}: {k} of {len(prompts)} prompts differ from autoregressive decoding "
               f"(half precision: near-ties round differently in multi-token passes)")
+
+
+def print_goodput_choices(costs):
+    """What the cost model predicts at these costs for gamma = 4 and for goodput's choice."""
+    step_cost = 4 * costs.draft_step + costs.verify_cost(5)  # gamma = 4, in target passes
+    predicted = ", ".join(f"alpha {a}: {expected_tokens_per_step(a, 4) / step_cost:.2f}x"
+                          for a in (0.6, 0.7, 0.8, 0.9, 0.95))
+    print(f"Cost model with the measured c and verify cost, gamma = 4, predicts {predicted}")
+    choices = []
+    for a in (0.6, 0.7, 0.8, 0.9, 0.95):  # goodput's best block at each alpha, and its speedup
+        policy = GoodputPolicy(costs, alpha=a)
+        best = max(range(policy.max_draft_len + 1), key=policy.goodput)
+        choices.append(f"alpha {a}: gamma = {best}, {policy.goodput(best):.2f}x")
+    print(f"goodput's choice at those costs: {', '.join(choices)}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pair", default="zoo")
+    parser.add_argument("--self-draft", action="store_true",
+                        help="random pairs: the target drafts for itself (alpha = 1)")
+    parser.add_argument("--alpha", type=float, nargs="+", default=[0.6, 0.8, 0.95],
+                        help="layered pairs: the alphas to calibrate the pair to, in turn")
+    parser.add_argument("--domain", default="sql")
+    parser.add_argument("--prompt-set", choices=("heldout", "unlike"), default="heldout")
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best)")
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                        help="default: float32 for the zoo and on a CPU, else bfloat16")
+    args = parser.parse_args(argv)
+    if args.prompt_set == "unlike" and args.domain != "sql":
+        parser.error("--prompt-set unlike has SQL prompts only: use --domain sql")
+    for flag, value in (("--prompts", args.prompts), ("--tokens", args.tokens),
+                        ("--repeats", args.repeats), ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{flag} must be an integer >= 1, got {value}")
+    torch.set_num_threads(args.threads)
+    dtype = DTYPES.get(args.dtype)
+    layered = args.pair in LAYERED_PAIRS
+    real_shapes = args.pair in RANDOM_PAIRS or layered
+    if args.self_draft and args.pair not in RANDOM_PAIRS:
+        parser.error(f"--self-draft needs a random pair: {sorted(RANDOM_PAIRS)}")
+    if layered:
+        bad = [a for a in args.alpha if not 0 < a <= 1]
+        if bad:
+            parser.error(f"--alpha must be in (0, 1], got {bad}")
+        pair = layered_pair(args.pair, args.device or get_device(), dtype)
+    elif real_shapes:
+        pair = random_pair(args.pair, args.device or get_device(), dtype, args.self_draft)
+    else:
+        pair = load_pair(args.pair, device=args.device, dtype=dtype)
+    if real_shapes:
+        texts = ["Hello, world."] + list(REAL_SHAPE_PROMPTS.values())[:args.prompts]
+    else:
+        texts = (unlike_prompts() if args.prompt_set == "unlike"
+                 else load_corpus()[args.domain]["prompts"])[:args.prompts + 1]
+    prompts = [pair.tokenizer(t, return_tensors="pt").input_ids.to(pair.device) for t in texts]
+    warmup, prompts = prompts[0], prompts[1:]
+    eos, n = pair.tokenizer.eos_token_id, args.tokens
+    start = time.perf_counter()
+    costs = measure_costs(pair.target, pair.draft, repeats=3 if real_shapes else 5)
+    print(f"pair {pair.name} on {pair.device} in {str(pair.target.dtype).removeprefix('torch.')}, "
+          f"{torch.get_num_threads()} threads, "
+          f"{'real-shape' if real_shapes else args.prompt_set + ' ' + args.domain} prompts: "
+          f"{len(prompts)} x up to {n} tokens (end-of-text stops), greedy, best of "
+          f"{args.repeats} interleaved; measured c = {costs.draft_step:.3f}, verify cost of "
+          f"2 / 5 / 9 / 17 tokens = {costs.verify[1]:.2f} / {costs.verify[4]:.2f} / "
+          f"{costs.verify[8]:.2f} / {costs.verify[16]:.2f} one-token passes (measured in "
+          f"{time.perf_counter() - start:.0f} s: the default call's first use on a pair "
+          f"pays this once, here in the warm-up)")
+    methods = methods_for(pair, n, eos, costs, few=real_shapes)
+    if not layered:
+        print_table(pair, prompts, warmup, methods, costs, args.repeats)
+    for alpha in sorted(args.alpha) if layered else ():  # scale 0 (alpha 1) comes last
+        start = time.perf_counter()
+        scale, measured, confidence = calibrate(pair, alpha)
+        upper = len(pair.target.model.layers) - pair.draft_layers
+        print(f"\n## alpha {alpha}: the target's upper {upper} layers' residual branches "
+              f"scaled by {scale:.4f}; calibration alpha {measured:.3f} "
+              f"({time.perf_counter() - start:.0f} s); the draft runs the target's first "
+              f"{pair.draft_layers} layers and its head; its median top probability "
+              f"{confidence:.2f}")
+        print_table(pair, prompts, warmup, methods, costs, args.repeats)
+    if args.pair in RANDOM_PAIRS:  # a random pair's alpha is an accident
+        print("random weights: this pair's alpha is an accident.")
+    if real_shapes:
+        print_goodput_choices(costs)
 
 
 if __name__ == "__main__":

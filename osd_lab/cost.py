@@ -13,6 +13,7 @@ one; ``measure_verify_ratio`` measures how true that is on your device, from
 batches in ``notebooks/08_bass``). Taught in ``notebooks/03_when_is_it_fast``.
 """
 
+import functools
 import time
 import weakref
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from osd_lab.cache import forward, new_cache
+from osd_lab.cache import forward, new_cache, rollback
 from osd_lab.checks import check_float, check_int
 from osd_lab.models import context_length
 from osd_lab.timing import clock
@@ -73,6 +74,26 @@ def measure_cost_ratio(pair) -> float:
     return decode_step_time(pair.draft) / decode_step_time(pair.target)
 
 
+def timed_pass(model: PreTrainedModel, cache, input_ids: torch.Tensor, now) -> float:
+    """Seconds (by ``now()``) of one forward pass over ``input_ids`` ``(B, n)``
+    after what ``cache`` holds; the cache is rolled back to where it was."""
+    start = now()
+    forward(model, input_ids, cache)
+    seconds = now() - start
+    rollback(cache, input_ids.shape[1])
+    return seconds
+
+
+def prefilled(model: PreTrainedModel, batch_size: int, prompt_len: int, extra: int):
+    """A cache holding ``prompt_len`` random tokens per row, and ``extra`` more
+    random ids ``(B, extra)`` to time passes over (seeded: the same every call)."""
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len + extra),
+                        generator=torch.Generator().manual_seed(0)).to(model.device)
+    cache = new_cache(model)
+    forward(model, ids[:, :prompt_len], cache, last_only=True)
+    return cache, ids[:, prompt_len:]
+
+
 @torch.inference_mode()
 def measure_pass_time(model: PreTrainedModel, batch_size: int, num_tokens: int,
                       prompt_len: int = 32, repeats: int = 10, cpu_time: bool = False) -> float:
@@ -80,7 +101,8 @@ def measure_pass_time(model: PreTrainedModel, batch_size: int, num_tokens: int,
     after a cached prompt of ``prompt_len``: the fastest of ``repeats``.
 
     A target pass of a batched speculative step reads B x (gamma + 1) tokens;
-    this is what that costs next to B x 1 (``num_tokens=1``). ``cpu_time``
+    this is what that costs next to B x 1 (``num_tokens=1``). The prompt is
+    read once; each timed pass is rolled back off the cache. ``cpu_time``
     counts this process's CPU time instead of wall time (for a CPU model run
     with one thread: other programs' load does not inflate it).
     """
@@ -90,16 +112,9 @@ def measure_pass_time(model: PreTrainedModel, batch_size: int, num_tokens: int,
     def now():
         return time.process_time() if cpu_time else clock(model.device)
 
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len + num_tokens),
-                        generator=torch.Generator().manual_seed(0)).to(model.device)
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up and is dropped
-        cache = new_cache(model)
-        forward(model, ids[:, :prompt_len], cache)
-        start = now()
-        forward(model, ids[:, prompt_len:], cache)
-        times.append(now() - start)
-    return min(times[1:])  # the run least disturbed by other programs
+    cache, ids = prefilled(model, batch_size, prompt_len, num_tokens)
+    times = [timed_pass(model, cache, ids, now) for _ in range(repeats + 1)]
+    return min(times[1:])  # the first warms up; the rest: the least disturbed
 
 
 @torch.inference_mode()
@@ -150,7 +165,10 @@ class SpeculationCosts:
 
 
 
-COST_TOKENS = (1, 2, 3, 5, 9, 17)  # verify cost measured at these, interpolated between
+# verify cost measured at these, interpolated between: every size up to 8 (on a
+# CPU, MKL multiplies 2 or 3 rows as 2 or 3 separate vector products, and 4 or
+# more as one matrix product, so a pass over 3 tokens can cost more than over 5)
+COST_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17)
 _COSTS = weakref.WeakKeyDictionary()  # target -> {draft: SpeculationCosts}
 
 
@@ -171,10 +189,12 @@ def measure_costs(target: PreTrainedModel, draft: PreTrainedModel, prompt_len: i
 
     c = one draft pass / one target pass, and the target's pass over n = 1..17
     new tokens / its one-token pass (measured at ``COST_TOKENS``, linear in
-    between, and made non-decreasing: noise must not make 3 tokens look
-    cheaper than 2). The passes are timed in ``repeats`` rounds, each round
+    between; not forced to grow with n, since on a CPU it need not: see
+    ``COST_TOKENS``). The passes are timed in ``repeats`` rounds, each round
     every size once (interleaved: a burst of load from other programs hits
-    every size alike), keeping each size's fastest. About 1 s on the zoo;
+    every size alike), keeping each size's fastest; each model reads its
+    prompt once and every timed pass is rolled back off its cache (about
+    0.5 s on the zoo, 20 s for a 1.5B target on a 2-core CPU);
     ``cached`` keeps the answer per (target, draft) for the session.
     """
     check_int("prompt_len", prompt_len, low=1)
@@ -184,15 +204,21 @@ def measure_costs(target: PreTrainedModel, draft: PreTrainedModel, prompt_len: i
         return known[draft]
     limit = context_length(target)
     tokens = [n for n in COST_TOKENS if limit is None or prompt_len + n <= limit]
+    now = functools.partial(clock, target.device)
+    target_cache, ids = prefilled(target, 1, prompt_len, tokens[-1])  # each prompt read once
+    draft_cache, draft_ids = prefilled(draft, 1, prompt_len, 1)
+    timed_pass(target, target_cache, ids, now)  # warm-up passes, not kept
+    timed_pass(draft, draft_cache, draft_ids, now)
     times = dict.fromkeys([*tokens, "draft"], float("inf"))
     for _ in range(repeats):
         for n in times:
-            model, size = (draft, 1) if n == "draft" else (target, n)
-            times[n] = min(times[n], measure_pass_time(model, 1, size, prompt_len, repeats=1))
+            seconds = (timed_pass(draft, draft_cache, draft_ids, now) if n == "draft"
+                       else timed_pass(target, target_cache, ids[:, :n], now))
+            times[n] = min(times[n], seconds)
     one = times[1]
-    verify = [1.0]
-    for n in range(2, tokens[-1] + 1):  # non-decreasing, starting at exactly 1
-        verify.append(max(verify[-1], _interpolate(times, n) / one))
+    verify = [1.0]  # exactly 1 for one token, by definition
+    for n in range(2, tokens[-1] + 1):
+        verify.append(_interpolate(times, n) / one)
     costs = SpeculationCosts(times["draft"] / one, tuple(verify))
     known[draft] = costs
     return costs

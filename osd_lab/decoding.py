@@ -19,8 +19,8 @@ from osd_lab.cache import forward, new_cache, rollback
 from osd_lab.checks import check_choice, check_generator, check_int, check_token_ids
 from osd_lab.cost import SpeculationCosts, measure_costs
 from osd_lab.models import context_length, output_vocab_size
-from osd_lab.policies import (DRAFT_LEN_POLICIES, GoodputPolicy, check_stop_rule, next_draft_len,
-                              should_stop)
+from osd_lab.policies import (DEFAULT_DRAFT_LEN_POLICY, DRAFT_LEN_POLICIES, PROBE_LEN,
+                              GoodputPolicy, check_stop_rule, next_draft_len, should_stop)
 from osd_lab.sampling import (check_sampling_args, check_top_logits, greedy_token,
                               logits_to_probs, sample)
 from osd_lab.timing import clock
@@ -187,8 +187,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
                          temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                          eos_token_id: int | None = None,
                          generator: torch.Generator | None = None,
-                         draft_len_policy: str | GoodputPolicy = "goodput",
-                         stop_rule: str | None = None, stop_threshold: float | None = None,
+                         draft_len_policy: str | GoodputPolicy = DEFAULT_DRAFT_LEN_POLICY,
+                         stop_rule: str | None = "auto", stop_threshold: float | None = None,
                          costs: SpeculationCosts | None = None,
                          vocab_size: int | None = None,
                          record_target_logits: bool = False) -> GenerationOutput:
@@ -203,10 +203,12 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     draft_len: tokens drafted per step (gamma) with "constant", the starting
         value with "heuristic", the most with "goodput" (default 4, 4, 16).
     stop_rule, stop_threshold: end a block early when the draft's own
-        confidence says a rejection is likely (with "goodput": goodput decides
-        whether to draft at all, the rule how far, up to ``draft_len``):
-        None, "confidence" or
-        "entropy" (AdaEDL), see ``osd_lab.policies``.
+        confidence says a rejection is likely (with "goodput": goodput's
+        block at least, then on, up to ``draft_len``, while the rule lets it):
+        "auto" (the default: "confidence" with goodput, none with "constant"
+        and "heuristic"; ``osd_lab.policies.DEFAULT_STOP_RULE``), None,
+        "confidence" (transformers' rule, threshold 0.4) or "entropy"
+        (AdaEDL), see ``osd_lab.policies``.
     costs: ``SpeculationCosts`` for "goodput" (default: measured once per
         pair with ``osd_lab.cost.measure_costs``, about a second on the zoo).
     temperature, top_k, top_p: applied to both models' logits; temperature 0 is
@@ -238,7 +240,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     vocab_size = check_pair(target, draft, vocab_size)
     eos_ids = check_eos(eos_token_id, vocab_size, target.device)
     check_choice("record_target_logits", record_target_logits, (True, False))
-    stop_threshold = check_stop_rule(stop_rule, stop_threshold)
+    stop_rule, stop_threshold = check_stop_rule(stop_rule, stop_threshold, draft_len_policy)
     policy, draft_len = make_policy(target, draft, draft_len_policy, draft_len, costs)
 
     def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
@@ -263,10 +265,13 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     new_tokens = []  # list of (n,) tensors
     num_new, gamma = 0, draft_len
     while num_new < max_new_tokens:
+        floor = 0  # the stopping rule may end the block after this many tokens
         if isinstance(policy, GoodputPolicy):
             gamma = policy.next_draft_len()
-            if stop_rule and gamma and not policy.probing:
-                gamma = policy.max_draft_len  # goodput says whether to draft; the rule, how far
+            if stop_rule and gamma and policy.probing:  # a probe: PROBE_LEN tokens,
+                floor = gamma = min(PROBE_LEN, policy.max_draft_len)  # the rule unread
+            elif stop_rule and gamma:  # goodput's block at least, on while the draft is sure
+                floor, gamma = gamma, policy.max_draft_len
         room = max_new_tokens - num_new - 1  # leave room for the next token
         # 1. the draft proposes up to gamma tokens, one forward pass each
         drafted, q, tops = [], [], []
@@ -282,7 +287,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
                 q.append(q_i)
             drafted.append(x_i)
             draft_input = x_i[:, None]
-            if stop_rule and i < min(gamma, room) - 1 and should_stop(
+            if stop_rule and floor <= i + 1 < min(gamma, room) and should_stop(
                     stop_rule, logits[..., :vocab_size], x_i, stop_threshold):
                 break  # the draft doubts x_i: let the target check what we have
         g = len(drafted)

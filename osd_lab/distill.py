@@ -260,13 +260,13 @@ def add_lora(model, rank):
     until a step. The adapters are kept in float32 even in a bfloat16 or
     float16 model (their own master weights: small steps are not rounded away).
     The model keeps its class and its forward: the decoders use it as before.
-    Needs ``peft`` (``pip install 'osd_lab[lora]'``)."""
+    Needs ``peft``, a dependency of ``osd_lab``."""
     check_lora_rank(model, rank)
     try:
         import peft
     except ImportError as err:
-        raise ImportError("lora_rank needs the peft package, which is not installed: "
-                          "pip install 'osd_lab[lora]' (or pip install peft), or pass "
+        raise ImportError("lora_rank needs the peft package, which is not installed "
+                          "(osd_lab depends on it): pip install 'peft>=0.18.0', or pass "
                           "lora_rank=None for full fine-tuning") from err
     config = peft.LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
                              target_modules="all-linear")  # all but the output layer

@@ -24,11 +24,13 @@ import torch
 
 from osd_lab.batched import (BATCH_DRAFT_LEN_POLICIES, batched_autoregressive_generate,
                              batched_speculative_generate)
-from osd_lab.checks import check_choice, check_float, check_int, check_seed
+from osd_lab.checks import (ArgumentError, check_choice, check_float, check_int, check_seed,
+                            is_integer)
 from osd_lab.decoding import autoregressive_generate, make_policy, speculative_generate
 from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, continuation_logits,
                              default_lr, default_warmup_updates, first_scored, guarded_step,
-                             make_batch, master_weights, merge_lora, select_tokens)
+                             make_batch, master_weights, merge_lora, num_parameters,
+                             select_tokens)
 from osd_lab.divergences import DIVERGENCES, compress, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
 from osd_lab.policies import GoodputPolicy, check_stop_rule, moving_average
@@ -36,6 +38,13 @@ from osd_lab.timing import clock
 
 STREAMS = ("sharp", "smooth", "iid")
 ALPHA_SMOOTHING = 0.05  # weight of each decided position in a draft's running alpha
+# lora_rank="auto": LoRA adapters of rank LORA_RANK for a draft of over LORA_ABOVE
+# parameters (a 0.5B/1.5B Qwen pair in float32: 10.1-10.6 GiB peak instead of 15.5-15.9
+# with full fine-tuning, benchmarks/memory.py), every weight trained below it (the zoo's 2M
+# draft, as before).
+# LORA_ABOVE is distill.UNDO_LIMIT too: the default never gives up the exact undo.
+LORA_ABOVE = 10**8
+LORA_RANK = 16
 
 
 # -----------------------------------------------------------------------------
@@ -157,6 +166,21 @@ class LearnedRouter:
 # -----------------------------------------------------------------------------
 # the online decoder
 
+def choose_lora_rank(draft, lora_rank):
+    """The LoRA rank ``draft`` trains with, or None for full fine-tuning:
+    ``lora_rank`` itself, or for "auto" ``LORA_RANK`` when the draft has over
+    ``LORA_ABOVE`` parameters (None under it). Checks ``lora_rank``."""
+    if isinstance(lora_rank, str) and lora_rank == "auto":
+        lora_rank = LORA_RANK if num_parameters(draft) > LORA_ABOVE else None
+    elif lora_rank is not None and not is_integer(lora_rank):
+        raise ArgumentError(f"lora_rank must be 'auto' (LoRA of rank {LORA_RANK} for a draft "
+                            f"of over {LORA_ABOVE:,} parameters), None (full fine-tuning) "
+                            f"or an integer >= 1 (a LoRA rank), got {lora_rank!r}")
+    if lora_rank is not None:
+        check_lora_rank(draft, lora_rank)
+    return lora_rank
+
+
 class OnlineSpeculativeDecoder:
     """Serve queries with speculative decoding and keep distilling the draft(s).
 
@@ -172,11 +196,17 @@ class OnlineSpeculativeDecoder:
     lr: None picks ``default_lr`` by the draft's size (1e-3 for the zoo,
     1e-5 for a 0.5B draft); warmup_updates: updates over which lr ramps up
     linearly (None: ``default_warmup_updates``, 0 for the zoo).
-    lora_rank: None fine-tunes every weight (a half-precision draft through
-    float32 master weights, ``master_weights``; over ``UNDO_LIMIT`` weights
-    without an undo copy, see ``guarded_step``); an integer adds LoRA adapters
-    of that rank to each draft (``add_lora``, needs ``peft``): the drafts' base
-    weights never move, and an update saves only the adapters for its undo.
+    lora_rank: "auto" (the default) chooses per draft by its size: LoRA of rank
+    ``LORA_RANK`` (16) over ``LORA_ABOVE`` (10^8) parameters, such as a 0.5B
+    Qwen, and full fine-tuning under it, such as the zoo's 2M draft. An
+    integer adds LoRA adapters of that rank to each draft (``add_lora``,
+    through ``peft``): the drafts' base weights never move, and an update
+    saves only the adapters for its undo. None asks for full fine-tuning of
+    every draft: every weight trains (a half-precision draft through float32
+    master weights, ``master_weights``; over ``UNDO_LIMIT`` weights without an
+    undo copy, see ``guarded_step``); for a float32 0.5B draft that adds its
+    gradients and AdamW's moments, 12 bytes a weight (README, "Real pairs:
+    memory and LoRA"). ``lora_ranks`` holds each draft's choice.
     buffer_top_k: the buffer keeps, per position, the target's top k
     log-probabilities and the mass of the rest (``divergences.compress``; 64
     of 151936 Qwen tokens hold 64 * 8 + 4 bytes instead of 600 kB); None
@@ -209,7 +239,7 @@ class OnlineSpeculativeDecoder:
     def __init__(self, target, drafts, tokenizer, draft_len=None, update_interval=8,
                  loss="fkl", buffer_size=128, lr=None, batch_size=8, max_new_tokens=32,
                  temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0,
-                 warmup_updates=None, lora_rank=None, buffer_top_k=64,
+                 warmup_updates=None, lora_rank="auto", buffer_top_k=64,
                  draft_len_policy="goodput", stop_rule=None, stop_threshold=None, costs=None,
                  baseline=False, update_below_alpha=0.8):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
@@ -246,15 +276,17 @@ class OnlineSpeculativeDecoder:
         self.temperature, self.vocab_size = temperature, vocab_size
         self.buffers = {name: deque(maxlen=buffer_size) for name in self.drafts}
         self.keep_fraction, self.buffer_top_k = keep_fraction, buffer_top_k
-        if lora_rank is not None:  # every draft checked before any is changed
-            for draft in self.drafts.values():
-                check_lora_rank(draft, lora_rank)
-            for draft in self.drafts.values():
-                add_lora(draft, lora_rank)
+        # every draft checked before any is changed
+        self.lora_ranks = {name: choose_lora_rank(d, lora_rank) for name, d in self.drafts.items()}
+        for name, draft in self.drafts.items():
+            if self.lora_ranks[name] is not None:
+                add_lora(draft, self.lora_ranks[name])
         # AdaSPEC: a reference per draft, from the same weights, trained with plain FKL
         self.references = ({name: copy.deepcopy(d) for name, d in self.drafts.items()}
                            if keep_fraction is not None else {})
         models = {**self.drafts, **{("reference", n): r for n, r in self.references.items()}}
+        ranks = {**self.lora_ranks,
+                 **{("reference", n): self.lora_ranks[n] for n in self.references}}
         self.optimizers, self.schedulers = {}, {}
         # a half-precision draft trains float32 copies of its weights (LoRA adapters
         # are float32 already): small steps would round away in bfloat16
@@ -263,7 +295,7 @@ class OnlineSpeculativeDecoder:
             trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: adapters
             self.optimizers[key] = torch.optim.AdamW(
                 self.masters[key] or trainable,
-                lr=default_lr(model, lora_rank) if lr is None else lr, weight_decay=0.0)
+                lr=default_lr(model, ranks[key]) if lr is None else lr, weight_decay=0.0)
             warmup = default_warmup_updates(model) if warmup_updates is None else warmup_updates
             self.schedulers[key] = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizers[key], lambda step, w=warmup: min(1.0, (step + 1) / (w + 1)))
@@ -274,7 +306,8 @@ class OnlineSpeculativeDecoder:
             "draft_len", "notes", "updates", "skipped", "baseline_s", "baseline_tokens")}
         # how each draft drafts: the same settings speculative_generate checks
         self.stop_rule, self.baseline = stop_rule, baseline
-        self.stop_threshold = check_stop_rule(stop_rule, stop_threshold)
+        self.stop_rule, self.stop_threshold = check_stop_rule(stop_rule, stop_threshold,
+                                                              draft_len_policy)
         self.policies = {name: make_policy(target, d, draft_len_policy, draft_len, costs)
                          for name, d in self.drafts.items()}
         self.fresh = dict.fromkeys(self.drafts, 0)  # queries buffered since the last update

@@ -20,10 +20,13 @@ Draft-length policies choose the block length gamma before a step:
 Stopping rules end a block early, before the length the policy chose, when
 the draft's own distribution (softmax of its raw logits) says a rejection is
 likely; the token just drafted is kept. With the goodput policy, goodput
-decides whether to draft (it may still switch drafting off), the rule how
-far, up to the policy's ``max_draft_len``: a running alpha treats positions as
-independent, but acceptances come in runs (a SQL clause the draft knows), and
-the draft's own doubt finds the run's end better:
+decides whether to draft (it may still switch drafting off) and how many
+tokens at least (its own choice), the rule how far beyond, up to the
+policy's ``max_draft_len``: a running alpha treats positions as independent,
+but acceptances come in runs (a SQL clause the draft knows), and the draft's
+own doubt finds the run's end better; goodput's floor keeps the rule from
+ending a block where the verify pass would cost as much as a longer one (on
+a CPU a pass over 2 or 3 tokens can cost more than over 5):
 
 * ``"confidence"`` (transformers' ``assistant_confidence_threshold``): stop
   when the drafted token's probability is below ``threshold`` (default 0.4).
@@ -43,7 +46,15 @@ from osd_lab.cost import SpeculationCosts, expected_tokens_per_step
 
 DRAFT_LEN_POLICIES = ("constant", "heuristic", "goodput")
 STOP_RULES = (None, "confidence", "entropy")
+# The defaults of every speculative decoder, defined here once: goodput decides
+# whether to draft, transformers' confidence rule how far (the fastest of the
+# policies on the zoo's sql and on real-shape pairs: README, Speed). "auto"
+# resolves to DEFAULT_STOP_RULE with goodput and to no rule with "constant"
+# and "heuristic", whose draft_len then means what it says.
+DEFAULT_DRAFT_LEN_POLICY = "goodput"
+DEFAULT_STOP_RULE = "confidence"
 MAX_PROBE_GAP = 64  # the longest wait between probes of a switched-off draft
+PROBE_LEN = 8  # with a stopping rule, a probe drafts this many tokens
 STOP_THRESHOLD = 0.4  # transformers' default assistant_confidence_threshold
 ENTROPY_SCALE = 0.4
 
@@ -72,9 +83,12 @@ class GoodputPolicy:
     smoothing: weight of each new decided position in the running alpha
         (an exponential moving average).
     probe_every: when it chooses 0 (plain decoding), it drafts one token
-        after ``probe_every`` steps anyway, to keep measuring alpha; each
-        probe that leaves drafting off doubles the wait (up to
-        ``MAX_PROBE_GAP`` steps), so a draft that does not pay costs ever less.
+        after ``probe_every`` steps anyway, to keep measuring alpha (with a
+        stopping rule, ``PROBE_LEN`` tokens, the rule unread: one probe of a
+        draft that is right then moves alpha far enough to switch drafting
+        on, where a draft's doubt would cut it to a token or two); each probe that leaves drafting off doubles the wait
+        (up to ``MAX_PROBE_GAP`` steps), so a draft that does not pay costs
+        ever less. A fresh policy probes at its first step without drafting.
         With costs at which drafting loses even at alpha = 1 (a draft as slow
         as the target) it never probes: no alpha would change its choice.
 
@@ -93,7 +107,8 @@ class GoodputPolicy:
         check_int("probe_every", probe_every, low=1)
         self.costs, self.alpha, self.max_draft_len = costs, float(alpha), max_draft_len
         self.smoothing, self.probe_every = smoothing, probe_every
-        self.plain_steps = 0  # steps decoded without drafting since the last probe
+        # a fresh policy has measured nothing: its first step without drafting probes
+        self.plain_steps = probe_every - 1  # steps decoded without drafting since the last probe
         self.probe_gap = probe_every  # plain steps until the next probe
         self.probing = False  # whether the last choice was a probe
         # if drafting loses even when every drafted token is accepted (a draft as
@@ -128,13 +143,18 @@ class GoodputPolicy:
         self.alpha = moving_average(self.alpha, alphas, self.smoothing)
 
 
-def check_stop_rule(stop_rule, stop_threshold):
-    """Validate a stopping rule and its threshold; return the threshold to use."""
-    check_choice("stop_rule", stop_rule, STOP_RULES)
+def check_stop_rule(stop_rule, stop_threshold, draft_len_policy=DEFAULT_DRAFT_LEN_POLICY):
+    """Validate a stopping rule and its threshold for a draft-length policy (a
+    name or a ``GoodputPolicy``); return ``(stop_rule, threshold)`` to use,
+    with "auto" resolved (``DEFAULT_STOP_RULE`` with goodput, else None)."""
+    check_choice("stop_rule", stop_rule, ("auto", *STOP_RULES))
+    if stop_rule == "auto":
+        goodput = isinstance(draft_len_policy, GoodputPolicy) or draft_len_policy == "goodput"
+        stop_rule = DEFAULT_STOP_RULE if goodput else None
     if stop_threshold is None:
-        return STOP_THRESHOLD
+        return stop_rule, STOP_THRESHOLD
     check_float("stop_threshold", stop_threshold, 0, 1)
-    return stop_threshold
+    return stop_rule, stop_threshold
 
 
 def should_stop(stop_rule: str, draft_logits: torch.Tensor, token: torch.Tensor,

@@ -12,10 +12,11 @@ stage that hangs costs itself, not the rest. The stages:
    exactness"`` with --quick) on ``--device`` alone (``OSD_LAB_TEST_DEVICE``),
    without the nbval options of pyproject.toml, which need packages the lent
    machine lacks;
-3. ``benchmarks/speed.py`` on the zoo (float32) and on a random-initialised
-   pair of real shapes (Qwen2.5 0.5B drafting for 1.5B, bfloat16 on CUDA; a
-   two-layer pair of the same architecture elsewhere, so a CPU dry run stays
-   short), then ``benchmarks/batched.py`` and ``benchmarks/streaming.py``
+3. ``benchmarks/speed.py`` on the zoo (float32) and on a layered pair of
+   real shapes (a Qwen2.5-1.5B-shaped target drafted for by its own first
+   layers, calibrated to alpha 0.6 / 0.8 / 0.95; bfloat16 on CUDA; a
+   four-layer pair of the same architecture elsewhere, so a CPU dry run
+   stays short), then ``benchmarks/batched.py`` and ``benchmarks/streaming.py``
    where they exist (not with --quick).
 
 The report, ``gpu_check.md``, goes to --out (default: ``$OUT``, else
@@ -127,7 +128,8 @@ def plan(args, out: Path):
     if device != "cpu" and importlib.util.find_spec("xdist"):
         pytest += ["-n", "4"]  # the tests are launch-bound: four processes share the GPU
     half = "bfloat16" if device == "cuda" else "float32"
-    real_pair = "random-qwen2.5" if device == "cuda" else "random-qwen2-tiny"
+    # a 1.5B-shaped target drafted for by its own first layers, at alpha 0.6 / 0.8 / 0.95
+    real_pair = "layered-qwen2.5" if device == "cuda" else "layered-qwen2-tiny"
     zoo_size = ["--prompts", "3", "--tokens", "24"] if args.quick else []
     real_size = ["--prompts", "2", "--tokens", "24"] if args.quick else ["--prompts", "10"]
     speed = [python, "benchmarks/speed.py", "--device", device]

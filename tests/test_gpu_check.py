@@ -22,7 +22,7 @@ def test_dry_run_on_cpu_writes_the_report(tmp_path):
     report = (tmp_path / "gpu_check.md").read_text()
     for expected in ("# osd_lab device check: cpu (quick)", "torch ", "transformers ",
                      "| tests | ok |", "1 passed, 0 failed, 0 errors",
-                     "| speed, zoo, float32 | ok |", "| speed, random-qwen2-tiny, float32 | ok |",
+                     "| speed, zoo, float32 | ok |", "| speed, layered-qwen2-tiny, float32 | ok |",
                      "| autoregressive (ours) |", "Cost model with the measured c",
                      "all greedy outputs agree token for token"):
         assert expected in report, expected

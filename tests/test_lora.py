@@ -218,3 +218,112 @@ def test_a_draft_larger_than_its_target_warns():
     small, large = tiny_model("llama", layers=1), tiny_model("llama", layers=3)
     with pytest.warns(UserWarning, match="the draft .* is larger than the target"):
         warn_if_draft_larger(small, large, "swapped")
+
+
+# -----------------------------------------------------------------------------
+# the default, lora_rank="auto": LoRA above LORA_ABOVE draft parameters
+
+def lora_above(monkeypatch, threshold):
+    """Move the draft size above which the default adds LoRA (a tiny draft
+    stands for a 0.5B one)."""
+    monkeypatch.setattr(importlib.import_module("osd_lab.online"), "LORA_ABOVE", threshold)
+
+
+def trains_only_adapters(decoder, draft):
+    held = {id(p) for group in decoder.optimizers["draft"].param_groups for p in group["params"]}
+    lora = {id(p) for n, p in draft.named_parameters() if "lora_" in n}
+    return bool(lora) and held == lora and not any(
+        p.requires_grad for n, p in draft.named_parameters() if "lora_" not in n)
+
+
+def test_the_default_gives_a_draft_over_the_threshold_lora_adapters(text_pair, tokenizer,
+                                                                    monkeypatch):
+    pytest.importorskip("peft")
+    from osd_lab.distill import num_parameters
+    from osd_lab.online import LORA_RANK
+    target, draft = text_pair
+    lora_above(monkeypatch, num_parameters(draft) - 1)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer)
+    assert decoder.lora_ranks == {"draft": LORA_RANK} and trains_only_adapters(decoder, draft)
+    assert decoder.optimizers["draft"].param_groups[0]["lr"] == default_lr(draft, LORA_RANK)
+
+
+def test_the_default_fine_tunes_every_weight_of_a_small_draft_as_before(text_pair, tokenizer):
+    """Under LORA_ABOVE (the zoo's 2M draft) the default is what lora_rank=None
+    was: the same weights after the same updates, bit for bit."""
+    target, draft = text_pair
+    explicit = copy.deepcopy(draft)
+    decoders = [OnlineSpeculativeDecoder(target, d, tokenizer, update_interval=2,
+                                         max_new_tokens=12, update_below_alpha=None,
+                                         draft_len_policy="constant", draft_len=4, **kwargs)
+                for d, kwargs in ((draft, {}), (explicit, dict(lora_rank=None)))]
+    assert decoders[0].lora_ranks == {"draft": None}
+    for decoder in decoders:
+        for domain, prompt in make_stream("iid", PROMPTS, 4):
+            decoder.serve(prompt, domain)
+    assert len(decoders[0].history["updates"]) == 2
+    assert decoders[0].history["alpha"] == decoders[1].history["alpha"]
+    assert all(torch.equal(a, b) for a, b in zip(draft.parameters(), explicit.parameters()))
+    assert all(p.requires_grad for p in draft.parameters())
+
+
+def test_the_zoo_draft_is_fully_fine_tuned_by_default(zoo):
+    decoder = OnlineSpeculativeDecoder(zoo.target, copy.deepcopy(zoo.draft), zoo.tokenizer)
+    assert decoder.lora_ranks == {"draft": None}
+
+
+def test_lora_rank_none_asks_for_full_fine_tuning_above_the_threshold(text_pair, tokenizer,
+                                                                      monkeypatch):
+    target, draft = text_pair
+    lora_above(monkeypatch, 0)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, lora_rank=None)
+    assert decoder.lora_ranks == {"draft": None}
+    assert all(p.requires_grad for p in draft.parameters())
+    assert not any("lora_" in n for n, _ in draft.named_parameters())
+
+
+def test_the_default_chooses_per_draft(tokenizer, monkeypatch):
+    pytest.importorskip("peft")
+    from osd_lab.distill import num_parameters
+    from osd_lab.online import LORA_RANK, OracleRouter
+    target = tiny_model("llama", vocab_size=len(tokenizer), layers=3)
+    drafts = {"sql": tiny_model("llama", vocab_size=len(tokenizer), layers=3, seed=1),
+              "math": tiny_model("llama", vocab_size=len(tokenizer), layers=1, seed=2)}
+    lora_above(monkeypatch, num_parameters(drafts["math"]))  # the 1-layer draft is not over
+    decoder = OnlineSpeculativeDecoder(target, drafts, tokenizer,
+                                       router=OracleRouter(drafts, fallback="sql"))
+    assert decoder.lora_ranks == {"sql": LORA_RANK, "math": None}
+    assert all(p.requires_grad for p in drafts["math"].parameters())
+
+
+@pytest.mark.exactness
+def test_the_default_lora_choice_keeps_greedy_output_the_targets(text_pair, tokenizer,
+                                                                 monkeypatch):
+    pytest.importorskip("peft")
+    from osd_lab.decoding import autoregressive_generate
+    from osd_lab.online import LORA_RANK
+    target, draft = text_pair
+    lora_above(monkeypatch, 0)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                       max_new_tokens=10, lr=1e-2, update_below_alpha=None)
+    assert decoder.lora_ranks == {"draft": LORA_RANK}
+    start = adapters(draft)
+    for prompt in PROMPTS["sql"] * 2 + PROMPTS["math"]:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        expected = autoregressive_generate(target, ids, 10,
+                                           eos_token_id=tokenizer.eos_token_id).tokens
+        assert decoder.serve(prompt) == tokenizer.decode(expected, skip_special_tokens=True)
+    assert decoder.history["updates"]
+    assert any(not torch.equal(a, start[n]) for n, a in adapters(draft).items())  # it learnt
+
+
+def test_without_peft_the_default_still_fine_tunes_a_small_draft_and_names_the_fix(
+        text_pair, tokenizer, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now fails
+    target, draft = text_pair
+    assert OnlineSpeculativeDecoder(target, draft, tokenizer).lora_ranks == {"draft": None}
+    lora_above(monkeypatch, 0)
+    with pytest.raises(ImportError, match=r"needs the peft package.*pip install.*lora_rank=None"):
+        OnlineSpeculativeDecoder(target, draft, tokenizer)
+    assert all(p.requires_grad for p in draft.parameters())

@@ -125,6 +125,12 @@ def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer, buffer_top_k
     (dict(buffer_top_k=8.0), "buffer_top_k must be an integer"),
     (dict(lora_rank=0), r"lora_rank must be an integer in \[1, 32\], got 0"),
     (dict(lora_rank=33), r"lora_rank must be an integer in \[1, 32\], got 33"),
+    (dict(lora_rank="lora"), r"lora_rank must be 'auto' \(LoRA of rank 16 for a draft of over "
+                             r"100,000,000 parameters\), None \(full fine-tuning\) or an "
+                             r"integer >= 1 \(a LoRA rank\), got 'lora'"),
+    (dict(lora_rank="AUTO"), "lora_rank must be 'auto'.*got 'AUTO'"),
+    (dict(lora_rank=16.0), "lora_rank must be 'auto'.*got 16.0"),
+    (dict(lora_rank=True), "lora_rank must be 'auto'.*got True"),
     (dict(max_new_tokens=1), "max_new_tokens must be an integer >= 2, got 1"),
     (dict(temperature=float("inf")), "temperature"),
     (dict(keep_fraction=float("nan")), "keep_fraction"),

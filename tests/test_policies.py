@@ -101,11 +101,27 @@ def test_stop_rules():
     assert min(out.stats["draft_lens"]) < 6  # blocks ended early
 
 
+def test_goodput_block_is_a_floor_for_the_stop_rule():
+    """With goodput and a stopping rule, the rule only decides how far beyond
+    goodput's own block: a draft that agrees always (the target itself) at
+    costs where 8 tokens pay is never cut short, though the rule at threshold
+    0.99 doubts every token of a random model."""
+    target = tiny_model("llama", seed=0)
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    costs = SpeculationCosts(0.1, (1.0,) * 9)
+    policy = GoodputPolicy(costs, alpha=0.9, max_draft_len=8)
+    out = speculative_generate(target, target, ids, 40, draft_len_policy=policy,
+                               stop_rule="confidence", stop_threshold=0.99)
+    assert out.stats["draft_lens"][:3] == [8, 8, 8]
+    assert torch.equal(out.tokens, autoregressive_generate(target, ids, 40).tokens)
+
+
 def test_measured_costs_are_sane():
     target, draft = tiny_model("llama", seed=0), tiny_model("llama", seed=1, layers=1)
     costs = measure_costs(target, draft, repeats=1, cached=False)
     assert costs.verify[0] == 1.0 and len(costs.verify) == 17 and costs.draft_step > 0
-    assert all(a <= b for a, b in zip(costs.verify, costs.verify[1:]))
+    # measured, not forced to grow with n (on a CPU 3 tokens can cost more than 5)
+    assert all(0 < v < float("inf") for v in costs.verify)
     assert measure_costs(target, draft) is measure_costs(target, draft)  # cached
 
 
