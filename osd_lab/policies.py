@@ -54,7 +54,7 @@ STOP_RULES = (None, "confidence", "entropy")
 DEFAULT_DRAFT_LEN_POLICY = "goodput"
 DEFAULT_STOP_RULE = "confidence"
 MAX_PROBE_GAP = 64  # the longest wait between probes of a switched-off draft
-PROBE_LEN = 8  # with a stopping rule, a probe drafts this many tokens
+PROBE_LEN = 4  # with a stopping rule, a probe drafts this many tokens
 STOP_THRESHOLD = 0.4  # transformers' default assistant_confidence_threshold
 ENTROPY_SCALE = 0.4
 
@@ -78,10 +78,11 @@ class GoodputPolicy:
     """Chooses each step's draft length from a running alpha and measured costs.
 
     costs: ``SpeculationCosts`` of the (target, draft) pair on its device.
-    alpha: the starting estimate of the draft's acceptance rate.
+    alpha: the starting estimate of the draft's acceptance rate (worth one
+        observation, see ``observe``).
     max_draft_len: the longest block it may choose.
     smoothing: weight of each new decided position in the running alpha
-        (an exponential moving average).
+        (an exponential moving average, after a running mean at the start).
     probe_every: when it chooses 0 (plain decoding), it drafts one token
         after ``probe_every`` steps anyway, to keep measuring alpha (with a
         stopping rule, ``PROBE_LEN`` tokens, the rule unread: one probe of a
@@ -107,6 +108,7 @@ class GoodputPolicy:
         check_int("probe_every", probe_every, low=1)
         self.costs, self.alpha, self.max_draft_len = costs, float(alpha), max_draft_len
         self.smoothing, self.probe_every = smoothing, probe_every
+        self.observed = 0  # decided positions folded into alpha so far
         # a fresh policy has measured nothing: its first step without drafting probes
         self.plain_steps = probe_every - 1  # steps decoded without drafting since the last probe
         self.probe_gap = probe_every  # plain steps until the next probe
@@ -139,8 +141,15 @@ class GoodputPolicy:
         return 1  # a probe: one token, to measure alpha
 
     def observe(self, alphas) -> None:
-        """Fold in the exact alphas of the positions verification decided."""
-        self.alpha = moving_average(self.alpha, alphas, self.smoothing)
+        """Fold in the exact alphas of the positions verification decided: a
+        running mean in which the starting alpha counts as one observation,
+        until it holds 1 / smoothing of them; from then on a moving average.
+        (A fresh policy so learns from its first probe: four accepted tokens
+        take alpha from 0.5 to 0.9, where a moving average alone reaches 0.8.)"""
+        for value in alphas:
+            self.observed += 1
+            weight = max(self.smoothing, 1 / (self.observed + 1))
+            self.alpha += weight * (value - self.alpha)
 
 
 def check_stop_rule(stop_rule, stop_threshold, draft_len_policy=DEFAULT_DRAFT_LEN_POLICY):
@@ -164,8 +173,9 @@ def should_stop(stop_rule: str, draft_logits: torch.Tensor, token: torch.Tensor,
     draft_logits: ``(1, V)`` the draft's raw logits that ``token`` ``(1,)``
     was drafted from. One device sync (the answer is a Python bool).
     """
-    probs = torch.softmax(draft_logits.float(), -1)  # (1, V)
-    if stop_rule == "confidence":
-        return probs[0, token[0]].item() < threshold
+    logits = draft_logits.float()  # (1, V)
+    if stop_rule == "confidence":  # q(token) = exp(logit - logsumexp): no (1, V) softmax
+        return (logits[0, token[0]] - torch.logsumexp(logits[0], -1)).exp().item() < threshold
+    probs = torch.softmax(logits, -1)  # (1, V)
     entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum().item()  # nats
     return 1 - math.sqrt(ENTROPY_SCALE * entropy) < threshold
