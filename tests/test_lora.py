@@ -8,6 +8,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from conftest import PROMPTS, tiny_model
+from osd_lab.decoding import autoregressive_generate
 from osd_lab.distill import add_lora, default_lr, default_warmup_updates, master_weights
 from osd_lab.models import warn_if_draft_larger
 from osd_lab.online import OnlineSpeculativeDecoder, make_stream
@@ -24,6 +25,15 @@ def snapshot(model):
 
 def adapters(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def serves_the_targets_text(decoder, target, tokenizer):
+    """Serve sql, sql, math prompts; each answer must be the target's greedy text."""
+    for prompt in PROMPTS["sql"] * 2 + PROMPTS["math"]:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        expected = autoregressive_generate(target, ids, 10,
+                                           eos_token_id=tokenizer.eos_token_id).tokens
+        assert decoder.serve(prompt) == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 # -----------------------------------------------------------------------------
@@ -77,16 +87,11 @@ def test_lora_updates_leave_the_base_weights_bit_identical(text_pair, tokenizer)
 @pytest.mark.parametrize("buffer_top_k", [None, 8])
 def test_lora_mode_greedy_output_is_still_the_targets(text_pair, tokenizer, buffer_top_k):
     pytest.importorskip("peft")
-    from osd_lab.decoding import autoregressive_generate
     target, draft = text_pair
     decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
                                        max_new_tokens=10, lora_rank=4, lr=1e-2,
                                        buffer_top_k=buffer_top_k)
-    for prompt in PROMPTS["sql"] * 2 + PROMPTS["math"]:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        expected = autoregressive_generate(target, ids, 10,
-                                           eos_token_id=tokenizer.eos_token_id).tokens
-        assert decoder.serve(prompt) == tokenizer.decode(expected, skip_special_tokens=True)
+    serves_the_targets_text(decoder, target, tokenizer)
     assert decoder.history["updates"]
 
 
@@ -300,7 +305,6 @@ def test_the_default_chooses_per_draft(tokenizer, monkeypatch):
 def test_the_default_lora_choice_keeps_greedy_output_the_targets(text_pair, tokenizer,
                                                                  monkeypatch):
     pytest.importorskip("peft")
-    from osd_lab.decoding import autoregressive_generate
     from osd_lab.online import LORA_RANK
     target, draft = text_pair
     lora_above(monkeypatch, 0)
@@ -308,11 +312,7 @@ def test_the_default_lora_choice_keeps_greedy_output_the_targets(text_pair, toke
                                        max_new_tokens=10, lr=1e-2, update_below_alpha=None)
     assert decoder.lora_ranks == {"draft": LORA_RANK}
     start = adapters(draft)
-    for prompt in PROMPTS["sql"] * 2 + PROMPTS["math"]:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        expected = autoregressive_generate(target, ids, 10,
-                                           eos_token_id=tokenizer.eos_token_id).tokens
-        assert decoder.serve(prompt) == tokenizer.decode(expected, skip_special_tokens=True)
+    serves_the_targets_text(decoder, target, tokenizer)
     assert decoder.history["updates"]
     assert any(not torch.equal(a, start[n]) for n, a in adapters(draft).items())  # it learnt
 
