@@ -6,8 +6,8 @@ targets): a short stream goes through ``OnlineSpeculativeDecoder`` with
 updates, in up to three modes: "defaults" (no ``lora_rank`` argument: the
 decoder chooses by the draft's size, and the run says what it chose), "lora"
 (``lora_rank=LORA_RANK``) and "full" (``lora_rank=None``, every weight
-trained). Each mode runs in its own process, so one's peak does not hide the other's; the peak is
-the process's maximum resident set size (``ru_maxrss``), which includes the
+trained). Each mode runs in its own process, so one's peak does not hide
+the other's; the peak is the process's maximum resident set size (``ru_maxrss``), which includes the
 models. The stream is sampled at temperature 1 (greedy, random models with
 tied embeddings repeat a token and always agree), so most queries carry a
 correction and are buffered.

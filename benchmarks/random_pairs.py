@@ -15,6 +15,7 @@ turns those costs into the speedup a given alpha would give.
 import copy
 import itertools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -127,9 +128,12 @@ def free_memory_bytes(device: torch.device) -> int:
     """Bytes the device can still hand out: free GPU memory, or MemAvailable."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as meminfo:
-        fields = dict(line.split(":", 1) for line in meminfo)
-    return int(fields["MemAvailable"].split()[0]) * 1024
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except OSError:  # not Linux: the machine's whole memory, an upper bound
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def set_scale(pair, scale: float) -> None:
@@ -199,7 +203,7 @@ def calibrate(pair, alpha: float, tokens: int = 16, num_prompts: int = 8,
         if abs(measured - alpha) < abs(best[1] - alpha):
             best = (math.exp(middle), measured, confidence)
         low, high = (middle, high) if measured > alpha else (low, middle)
-    alpha_at(best[0])
+    set_scale(pair, best[0])  # measured already: no second run
     return best
 
 

@@ -165,7 +165,7 @@ class SpeculationCosts:
 
 
 
-# verify cost measured at these, interpolated between: every size up to 8 (on a
+# verify cost measured at these, interpolated between: every size up to 9 (on a
 # CPU, MKL multiplies 2 or 3 rows as 2 or 3 separate vector products, and 4 or
 # more as one matrix product, so a pass over 3 tokens can cost more than over 5)
 COST_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17)
@@ -194,7 +194,7 @@ def measure_costs(target: PreTrainedModel, draft: PreTrainedModel, prompt_len: i
     every size once (interleaved: a burst of load from other programs hits
     every size alike), keeping each size's fastest; each model reads its
     prompt once and every timed pass is rolled back off its cache (about
-    0.5 s on the zoo, 20 s for a 1.5B target on a 2-core CPU);
+    1 s on the zoo, 40-45 s for a 1.5B target in float32 on a 2-core CPU);
     ``cached`` keeps the answer per (target, draft) for the session.
     """
     check_int("prompt_len", prompt_len, low=1)

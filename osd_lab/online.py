@@ -305,7 +305,7 @@ class OnlineSpeculativeDecoder:
             "domain", "draft", "alpha", "tau", "new_tokens", "latency_s", "update_s",
             "draft_len", "notes", "updates", "skipped", "baseline_s", "baseline_tokens")}
         # how each draft drafts: the same settings speculative_generate checks
-        self.stop_rule, self.baseline = stop_rule, baseline
+        self.baseline = baseline
         self.stop_rule, self.stop_threshold = check_stop_rule(stop_rule, stop_threshold,
                                                               draft_len_policy)
         self.policies = {name: make_policy(target, d, draft_len_policy, draft_len, costs)

@@ -87,9 +87,9 @@ class GoodputPolicy:
         after ``probe_every`` steps anyway, to keep measuring alpha (with a
         stopping rule, ``PROBE_LEN`` tokens, the rule unread: one probe of a
         draft that is right then moves alpha far enough to switch drafting
-        on, where a draft's doubt would cut it to a token or two); each probe that leaves drafting off doubles the wait
-        (up to ``MAX_PROBE_GAP`` steps), so a draft that does not pay costs
-        ever less. A fresh policy probes at its first step without drafting.
+        on, where a draft's doubt would cut it to a token or two); each probe
+        that leaves drafting off doubles the wait (up to ``MAX_PROBE_GAP``
+        steps), so a draft that does not pay costs ever less. A fresh policy probes at its first step without drafting.
         With costs at which drafting loses even at alpha = 1 (a draft as slow
         as the target) it never probes: no alpha would change its choice.
 
