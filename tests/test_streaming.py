@@ -91,7 +91,12 @@ def test_streams_with_a_cache_equal_streams_in_one_pass():
         cache = new_cache(model.base)
         _, first = model(ids[:, :4], cache)
         _, rest = model(ids[:, 4:], cache)
-    torch.testing.assert_close(torch.cat([first, rest], dim=1), whole)
+    cached = torch.cat([first, rest], dim=1)
+    # a pass over 2 tokens and one over 6 multiply in different kernels (MKL: row
+    # by row below 4 rows), so float32 sums differ in rounding (2e-5 seen on
+    # transformers 5.0); the streams' choices must not
+    torch.testing.assert_close(cached, whole, atol=1e-4, rtol=1e-4)
+    assert torch.equal(cached.argmax(-1), whole.argmax(-1))
 
 
 @pytest.mark.exactness
