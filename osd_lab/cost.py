@@ -26,7 +26,7 @@ from osd_lab.checks import check_float, check_int
 from osd_lab.models import context_length
 from osd_lab.timing import clock
 
-MAX_DRAFT_LEN = 1024  # optimal_draft_len searches no further
+MAX_DRAFT_LEN = 1024  # the longest draft_len: optimal_draft_len and speculative_generate
 
 
 def expected_tokens_per_step(alpha: float, draft_len: int) -> float:

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 from osd_lab.cache import forward, new_cache, rollback
 from osd_lab.checks import check_choice, check_generator, check_int, check_token_ids
-from osd_lab.cost import SpeculationCosts, measure_costs
+from osd_lab.cost import MAX_DRAFT_LEN, SpeculationCosts, measure_costs
 from osd_lab.models import context_length, output_vocab_size
 from osd_lab.policies import (DEFAULT_DRAFT_LEN_POLICY, DRAFT_LEN_POLICIES, PROBE_LEN,
                               GoodputPolicy, check_stop_rule, next_draft_len, should_stop)
@@ -170,7 +170,8 @@ def make_policy(target, draft, draft_len_policy, draft_len, costs):
         return draft_len_policy, draft_len_policy.max_draft_len
     check_choice("draft_len_policy", draft_len_policy, DRAFT_LEN_POLICIES)
     draft_len = DEFAULT_DRAFT_LEN[draft_len_policy] if draft_len is None else draft_len
-    check_int("draft_len", draft_len, low=1)
+    # goodput weighs every length up to draft_len at each step: 10**9 would hang
+    check_int("draft_len", draft_len, 1, MAX_DRAFT_LEN)
     if draft_len_policy != "goodput":
         if costs is not None:
             raise ValueError(f"costs are read by the goodput policy only, not by "
@@ -201,7 +202,9 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         running alpha and the measured ``costs``; 0 when the draft does not
         pay), or a ``GoodputPolicy`` that carries its alpha across calls.
     draft_len: tokens drafted per step (gamma) with "constant", the starting
-        value with "heuristic", the most with "goodput" (default 4, 4, 16).
+        value with "heuristic", the most with "goodput" (default 4, 4, 16);
+        at most ``osd_lab.cost.MAX_DRAFT_LEN`` (1024). A block never holds
+        more than the tokens still to make, whatever ``draft_len`` says.
     stop_rule, stop_threshold: end a block early when the draft's own
         confidence says a rejection is likely (with "goodput": goodput's
         block at least, then on, up to ``draft_len``, while the rule lets it):

@@ -29,13 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from osd_lab.cache import keeps_logits
-from osd_lab.checks import (check_choice, check_float, check_int, check_prompt_list, check_seed,
-                            finite_spread)
+from osd_lab.checks import (ArgumentError, check_choice, check_float, check_int,
+                            check_prompt_list, check_seed, finite_spread)
 from osd_lab.decoding import autoregressive_generate
 from osd_lab.divergences import (DIVERGENCES, CompactDistribution, forward_kl, masked_mean,
                                  token_divergence)
 from osd_lab.evaluation import acceptance_rate
-from osd_lab.models import output_vocab_size
+from osd_lab.models import context_length, output_vocab_size
 
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")
 
@@ -110,6 +110,23 @@ def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_si
     check_int("max_new_tokens", max_new_tokens, low=1)
     check_float("temperature", temperature, low=0, low_open=True)
     check_int("eval_every", eval_every, low=1)
+
+
+def check_context(prompts, models, max_new_tokens):
+    """Each prompt ``(T,)`` and its ``max_new_tokens`` of continuation fit the
+    shortest context of ``models``: no position beyond what they were built for."""
+    limits = [context_length(m) for m in models if context_length(m) is not None]
+    if not limits:
+        return
+    limit = min(limits)
+    for i, prompt in enumerate(prompts):
+        if len(prompt) + max_new_tokens > limit:
+            if max_new_tokens:
+                raise ArgumentError(f"prompts[{i}] ({len(prompt)} tokens) + max_new_tokens "
+                                    f"({max_new_tokens}) exceeds the models' context of "
+                                    f"{limit} tokens: shorten it or ask for fewer tokens")
+            raise ArgumentError(f"prompts[{i}] ({len(prompt)} tokens, data='fixed') exceeds "
+                                f"the models' context of {limit} tokens: shorten the text")
 
 
 def batch_targets(targets, prompt_lens, shape, start=0):
@@ -315,11 +332,15 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
             eval_every=20, eos_token_id=None, seed=0, target_cache=None, progress=True):
     """Distil ``draft`` towards ``target`` in place; returns a history dict.
 
-    prompts: list of 1-D token-id tensors (for data="fixed", whole texts).
+    prompts: list of 1-D token-id tensors (for data="fixed", whole texts);
+        each with its ``max_new_tokens`` of continuation (with "fixed", the
+        text alone) must fit the models' context, or it is refused.
     loss: one of ``DIVERGENCES``; data: one of ``DATA_SOURCES``.
     temperature: for generating continuations and for the divergence.
     reference: a model for AdaSPEC token selection (see ``adaspec``); None
         trains on every continuation token.
+    keep_fraction: with a reference, AdaSPEC's k in (0, 1], the share of
+        continuation tokens trained on (unread without one).
     eval_prompts: if given, greedy alpha and tau on them every ``eval_every``
         steps (and at the start and end), each decoded until ``eos_token_id``.
     target_cache: a dict to keep target continuations in (keyed by prompt
@@ -333,9 +354,14 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
     """
     check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
                        max_new_tokens, temperature, eval_every)
+    if reference is not None:  # AdaSPEC's selection keeps this share of the tokens
+        check_float("keep_fraction (AdaSPEC's k, with a reference)", keep_fraction, 0, 1,
+                    low_open=True)
     seed = check_seed(seed)
-    readable = min(m.get_input_embeddings().num_embeddings for m in (draft, target))
+    models = [m for m in (draft, target, reference) if m is not None]
+    readable = min(m.get_input_embeddings().num_embeddings for m in models)
     check_prompt_list("prompts", prompts, readable)
+    check_context(prompts, models, 0 if data == "fixed" else max_new_tokens)
     if eval_prompts is not None:
         check_prompt_list("eval_prompts", eval_prompts, readable, one_row_ok=True)
     if vocab_size is not None:

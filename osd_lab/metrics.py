@@ -13,21 +13,32 @@ import math
 
 import torch
 
-from osd_lab.checks import check_int
+from osd_lab.checks import ArgumentError, check_int
 from osd_lab.decoding import autoregressive_generate
+from osd_lab.models import context_length
 from osd_lab.sampling import logits_to_probs
 from osd_lab.verify import overlap
 
 
 @torch.inference_mode()
 def perplexity(model, tokenizer, texts, max_len: int = 256) -> float:
-    """Per-token perplexity of ``model`` on ``texts`` (each cut to ``max_len`` tokens)."""
+    """Per-token perplexity of ``model`` on ``texts`` (each cut to ``max_len`` tokens).
+
+    A text still longer than the model's context after the cut is refused: the
+    model has no position for its last tokens (pass a smaller ``max_len``)."""
     check_int("max_len", max_len, low=2)
     if isinstance(texts, str) or not texts:
         raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}")
+    cut = [tokenizer(text, return_tensors="pt").input_ids[:, :max_len] for text in texts]
+    limit = context_length(model)
+    for i, ids in enumerate(cut):
+        if limit is not None and ids.shape[1] > limit:
+            raise ArgumentError(f"texts[{i}] is {ids.shape[1]} tokens long after the cut to "
+                                f"max_len={max_len}, more than the model's context of {limit} "
+                                f"tokens: pass max_len={limit} or less")
     total_loss, total_tokens = 0.0, 0
-    for text in texts:
-        ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_len].to(model.device)
+    for ids in cut:
+        ids = ids.to(model.device)
         n = ids.shape[1] - 1  # number of predicted tokens
         total_loss += model(ids, labels=ids).loss.item() * n
         total_tokens += n
@@ -51,6 +62,11 @@ def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
     Returns ``{"alpha": (N,), "agree": (N,) bool}`` tensors.
     """
     check_int("num_tokens", num_tokens, low=1)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or len(input_ids) != 1:
+        got = (f"shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor)
+               else type(input_ids).__name__)
+        raise ArgumentError(f"input_ids must be one prompt, a tensor of shape (1, T) (for "
+                            f"ids of shape (T,) pass ids[None]), got {got}")
     continuation = autoregressive_generate(target, input_ids, num_tokens,
                                            eos_token_id=eos_token_id).tokens
     sequence = torch.cat([input_ids.to(target.device), continuation[None]], dim=1)

@@ -6,6 +6,7 @@
 ``notebooks/00_meet_the_zoo``.
 """
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,10 @@ def load_pair(name="zoo", device=None, dtype=None, allow_download=False) -> Mode
                              f"or a (draft, target) tuple of hub ids or paths")
         draft_id, target_id = PRESETS[name]
     else:
+        if not (isinstance(name, tuple) and len(name) == 2
+                and all(isinstance(part, (str, os.PathLike)) for part in name)):
+            raise ValueError(f"name must be 'zoo', one of {sorted(PRESETS)}, or a "
+                             f"(draft, target) tuple of two hub ids or paths, got {name!r}")
         draft_id, target_id = name
         name = f"{draft_id} -> {target_id}"
     device = get_device(device)

@@ -316,6 +316,8 @@ class OnlineSpeculativeDecoder:
 
     def serve(self, prompt, domain=None):
         """Answer one query (text); returns the generated text."""
+        if not isinstance(prompt, str):
+            raise ArgumentError(f"prompt must be a text (str), got {type(prompt).__name__}")
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.target.device)
         if ids.shape[1] == 0:
             raise ValueError("empty prompt")

@@ -67,7 +67,9 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
     top-k, then top-p (nucleus). ``temperature=0`` is greedy decoding, a one-hot
     distribution on the argmax (the first one on ties, as ``torch.argmax``).
     ``top_k=0`` and ``top_p=1`` switch those filters off. Any temperature > 0,
-    however small, and any top_p > 0 give a distribution (never NaN).
+    however small, and any top_p > 0 give a distribution (never NaN), as do
+    any finite logits (float64 ones beyond float32's range too). The result
+    is float32.
     """
     check_sampling_args(temperature, top_k, top_p)
     check_tensor("logits", logits, min_dims=1, floating=True)
@@ -76,14 +78,16 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
     if not torch.isfinite(logits).all():
         raise ValueError("logits contain NaN or inf: the model's output is broken "
                          "(check its dtype, e.g. float16 overflow on CPU)")
-    logits = logits.float()
-    if temperature == 0:
+    if temperature == 0:  # the argmax of the logits as given (1e300 and 2e300 differ)
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     # subtract the max before dividing: the result is <= 0, so a tiny temperature
     # (1e-40) gives -inf for the rest, not inf - inf = NaN; where float32 rounds the
     # temperature to 0, 0 / 0 at the max is replaced by 0. (Where logits / temperature
     # would overflow, exp underflows to 0 anyway: this is exactly the float32 result.)
-    shifted = logits - logits.amax(-1, keepdim=True)  # (..., V), <= 0
+    # Half precision is shifted in float32, float64 in float64 and only then made
+    # float32: float64 logits of 1e300 would be inf in float32, and inf - inf NaN.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    shifted = (logits - logits.amax(-1, keepdim=True)).float()  # (..., V), <= 0
     logits = torch.where(shifted == 0, 0.0, shifted / temperature)
     if 0 < top_k < logits.shape[-1]:
         kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)

@@ -126,6 +126,35 @@ def test_bad_prompts(bad_prompts, message):
         acceptance_rate(tiny_model("llama"), tiny_model("llama", 1), bad_prompts)
 
 
+@pytest.mark.parametrize("data, length, message", [
+    ("fixed", 129, r"prompts\[1\] \(129 tokens, data='fixed'\) exceeds the models' context "
+                   r"of 128 tokens"),
+    ("target", 120, r"prompts\[1\] \(120 tokens\) \+ max_new_tokens \(9\) exceeds the "
+                    r"models' context of 128 tokens"),
+    ("mixed", 120, r"prompts\[1\] \(120 tokens\) \+ max_new_tokens \(9\)"),
+])
+def test_a_text_longer_than_the_context_is_refused(data, length, message):
+    """Issue 21: data="fixed" trained on positions past the context (no error on
+    llama); data="target" failed only inside the loop, naming input_ids."""
+    texts = [torch.arange(2, 10), torch.randint(2, 90, (length,))]
+    with pytest.raises(ValueError, match=message):
+        distill(tiny_model("llama", 1, layers=1), tiny_model("llama", layers=1), texts,
+                data=data, steps=1, max_new_tokens=9, progress=False)
+
+
+def test_keep_fraction_none_with_a_reference_is_refused():
+    """Issue 21: AdaSPEC selection with keep_fraction=None was a TypeError from
+    inside select_tokens; without a reference keep_fraction is unread."""
+    target = tiny_model("llama", layers=1)
+    with pytest.raises(ValueError, match=r"keep_fraction \(AdaSPEC's k, with a reference\) "
+                                         r"must be a finite number in \(0, 1\], got None"):
+        distill(tiny_model("llama", 1, layers=1), target, prompts(), steps=1,
+                reference=target, keep_fraction=None, progress=False)
+    history = distill(tiny_model("llama", 1, layers=1), target, prompts(), data="fixed",
+                      steps=1, batch_size=2, keep_fraction=None, progress=False)
+    assert len(history["loss"]) + len(history["skipped"]) == 1
+
+
 def test_acceptance_rate_needs_two_new_tokens():
     """With max_new_tokens=1 nothing is drafted: this was a ZeroDivisionError."""
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 2, got 1"):

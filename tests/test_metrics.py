@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -51,6 +52,30 @@ def test_bad_input_is_named():
         acceptance_along_greedy(model, model, torch.tensor([[0, 5]]), 0)
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         decode_step_time(model, steps=0)
+
+
+def test_perplexity_refuses_a_text_longer_than_the_context(tokenizer):
+    """Issue 21: a text longer than the model's context was scored on positions
+    the model has no embedding for (llama) or crashed (GPT-2's IndexError)."""
+    from osd_lab.metrics import perplexity
+    model = tiny_model("gpt2", vocab_size=len(tokenizer))  # context: 128 tokens
+    text = " ".join(["SELECT name FROM books WHERE id = 1;"] * 30)
+    assert len(tokenizer(text).input_ids) > 128
+    with pytest.raises(ValueError, match=r"texts\[1\] is 200 tokens long after the cut to "
+                                         r"max_len=200, more than the model's context of 128 "
+                                         r"tokens: pass max_len=128 or less"):
+        perplexity(model, tokenizer, ["SELECT 1", text], max_len=200)
+    assert math.isfinite(perplexity(model, tokenizer, [text], max_len=128))  # the cut documented
+
+
+def test_acceptance_along_greedy_refuses_1d_ids():
+    """Issue 21: ids of shape (T,) were an IndexError from inside."""
+    model = tiny_model("llama", layers=1)
+    with pytest.raises(ValueError, match=r"input_ids must be one prompt, a tensor of shape "
+                                         r"\(1, T\).*got shape \(3,\)"):
+        acceptance_along_greedy(model, model, torch.tensor([0, 5, 7]), 4)
+    with pytest.raises(ValueError, match=r"input_ids must be .*got list"):
+        acceptance_along_greedy(model, model, [[0, 5, 7]], 4)
 
 
 def test_acceptance_along_greedy_stops_at_end_of_text():

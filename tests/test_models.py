@@ -44,6 +44,15 @@ def test_unknown_preset():
     assert "qwen2.5" in PRESETS
 
 
+@pytest.mark.parametrize("name", [None, ("a",), ("a", "b", "c"), ("a", 2), ["a", "b"]])
+def test_load_pair_refuses_a_name_it_does_not_take(name):
+    """Issue 21: None and 1- or 3-tuples were unpacking errors."""
+    with pytest.raises(ValueError, match=r"name must be 'zoo', one of \['gpt2', 'pythia', "
+                                         r"'qwen2.5', 'smollm2'\], or a \(draft, target\) "
+                                         r"tuple of two hub ids or paths, got "):
+        load_pair(name, device="cpu")
+
+
 def test_local_tuple_pair(tmp_path):
     zoo_tok = AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
     for part, seed in (("draft", 0), ("target", 1)):

@@ -146,6 +146,16 @@ def test_bad_settings(pair, tokenizer, kwargs, message):
             OnlineSpeculativeDecoder(*pair, tokenizer, **kwargs)
 
 
+def test_serve_refuses_a_prompt_that_is_not_text(text_pair, tokenizer):
+    """Issue 21: serve(None) was the tokenizer's error about `text`."""
+    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, draft_len_policy="constant",
+                                       max_new_tokens=4)
+    for bad in (None, ["SELECT 1"], torch.tensor([3, 4])):
+        with pytest.raises(ValueError, match=r"prompt must be a text \(str\), got "):
+            decoder.serve(bad)
+    assert decoder.history["domain"] == []  # nothing was served
+
+
 def test_an_update_that_breaks_the_draft_is_undone(pair, tokenizer):
     """Issue 13: lr=1e10 passed the finite-weights guard and every later query
     failed. Now the guard also asks for finite logits on the batch it trained

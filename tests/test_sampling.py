@@ -135,6 +135,19 @@ def test_set_seed_and_sample_refuse_bad_input():
         logits_to_probs(torch.tensor([1, 2, 3]))
 
 
+def test_float64_logits_beyond_float32_range_give_a_distribution():
+    """Issue 21: float64 logits of 1e300 (finite) gave NaN: they became inf in
+    float32 before the max was subtracted. Now the max is subtracted in float64."""
+    logits = torch.tensor([[1e300, 0.0, -1e300], [1e300, 2e300, 0.0],
+                           [3.0, 1.0, 2.0]], dtype=torch.float64)
+    one_hot = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
+    for settings in (dict(), dict(temperature=0.0), dict(temperature=0.5, top_k=2, top_p=0.9)):
+        probs = logits_to_probs(logits, **settings)
+        assert probs.dtype == torch.float32 and torch.isfinite(probs).all()
+        assert torch.equal(probs[:2], one_hot), settings
+    assert torch.allclose(logits_to_probs(logits)[2], torch.softmax(logits[2].float(), -1))
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_logits(bad):
     logits = torch.randn(2, 5)

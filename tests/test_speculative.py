@@ -154,7 +154,7 @@ def test_sampled_output_is_distributed_as_target(settings, device):
     (dict(vocab_size=-1), "vocab_size must be an integer >= 1, got -1"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(vocab_size=96.0), "vocab_size must be an integer >= 1, got 96.0"),
-    (dict(draft_len=2.0), "draft_len must be an integer >= 1, got 2.0"),
+    (dict(draft_len=2.0), r"draft_len must be an integer in \[1, 1024\], got 2.0"),
     (dict(draft_len=float("nan")), "draft_len"),
     (dict(temperature=float("nan")), "temperature"),
     (dict(generator=0), "generator must be a torch.Generator or None, got int"),
@@ -165,6 +165,24 @@ def test_bad_arguments(kwargs, message):
     args = dict(max_new_tokens=5) | kwargs
     with pytest.raises(ValueError, match=message):
         speculative_generate(target, target, [0, 1], **args)
+
+
+@pytest.mark.parametrize("policy", ["goodput", "constant", "heuristic"])
+def test_huge_draft_len_is_refused_at_once(policy):
+    """Issue 21: draft_len=10**9 ran past 60 s (goodput weighs every length up
+    to draft_len at each step). Now any draft_len above MAX_DRAFT_LEN is refused
+    before anything runs, and MAX_DRAFT_LEN itself decodes (the block is capped
+    by the tokens still to make)."""
+    from osd_lab.cost import MAX_DRAFT_LEN
+    target = tiny_model("llama", layers=1)
+    with pytest.raises(ValueError, match=r"draft_len must be an integer in \[1, 1024\], "
+                                         r"got 1000000000"):
+        speculative_generate(target, target, [0, 1], 5, draft_len=10**9,
+                             draft_len_policy=policy)
+    if policy != "goodput":  # goodput would measure costs first: slow for a unit test
+        out = speculative_generate(target, target, [0, 1], 5, draft_len=MAX_DRAFT_LEN,
+                                   draft_len_policy=policy)
+        assert len(out.tokens) == 5 and max(out.stats["draft_lens"]) <= 4
 
 
 def test_different_vocabularies_refused():
