@@ -42,7 +42,7 @@ import math
 import torch
 
 from osd_lab.checks import check_choice, check_float, check_int
-from osd_lab.cost import SpeculationCosts, expected_tokens_per_step
+from osd_lab.cost import MAX_DRAFT_LEN, SpeculationCosts, expected_tokens_per_step
 
 DRAFT_LEN_POLICIES = ("constant", "heuristic", "goodput")
 STOP_RULES = (None, "confidence", "entropy")
@@ -80,7 +80,7 @@ class GoodputPolicy:
     costs: ``SpeculationCosts`` of the (target, draft) pair on its device.
     alpha: the starting estimate of the draft's acceptance rate (worth one
         observation, see ``observe``).
-    max_draft_len: the longest block it may choose.
+    max_draft_len: the longest block it may choose (at most ``MAX_DRAFT_LEN``).
     smoothing: weight of each new decided position in the running alpha
         (an exponential moving average, after a running mean at the start).
     probe_every: when it chooses 0 (plain decoding), it drafts one token
@@ -103,7 +103,7 @@ class GoodputPolicy:
             raise ValueError(f"costs must be SpeculationCosts (osd_lab.cost.measure_costs), "
                              f"got {type(costs).__name__}")
         check_float("alpha", alpha, 0, 1)
-        check_int("max_draft_len", max_draft_len, low=1)
+        check_int("max_draft_len", max_draft_len, 1, MAX_DRAFT_LEN)  # weighed at every step
         check_float("smoothing", smoothing, 0, 1, low_open=True)
         check_int("probe_every", probe_every, low=1)
         self.costs, self.alpha, self.max_draft_len = costs, float(alpha), max_draft_len

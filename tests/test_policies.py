@@ -148,6 +148,7 @@ def test_bad_policy_settings_are_refused(kwargs, message):
     (lambda: GoodputPolicy(FLAT, alpha=1.2), "alpha must be"),
     (lambda: GoodputPolicy(FLAT, alpha=float("nan")), "alpha must be"),
     (lambda: GoodputPolicy(FLAT, max_draft_len=0), "max_draft_len must be"),
+    (lambda: GoodputPolicy(FLAT, max_draft_len=10**9), r"max_draft_len must be .*\[1, 1024\]"),
     (lambda: GoodputPolicy(FLAT, smoothing=0), "smoothing must be"),
     (lambda: GoodputPolicy(FLAT, probe_every=0), "probe_every must be"),
     (lambda: GoodputPolicy((1.0, 2.0)), "costs must be SpeculationCosts"),
