@@ -115,7 +115,7 @@ def check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_si
 def check_context(prompts, models, max_new_tokens):
     """Each prompt ``(T,)`` and its ``max_new_tokens`` of continuation fit the
     shortest context of ``models``: no position beyond what they were built for."""
-    limits = [context_length(m) for m in models if context_length(m) is not None]
+    limits = [n for n in map(context_length, models) if n is not None]
     if not limits:
         return
     limit = min(limits)

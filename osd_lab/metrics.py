@@ -14,7 +14,7 @@ import math
 import torch
 
 from osd_lab.checks import ArgumentError, check_int
-from osd_lab.decoding import autoregressive_generate
+from osd_lab.decoding import autoregressive_generate, check_prompt
 from osd_lab.models import context_length
 from osd_lab.sampling import logits_to_probs
 from osd_lab.verify import overlap
@@ -53,7 +53,7 @@ def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
                             eos_token_id=None) -> dict:
     """Alpha and greedy agreement along the target's greedy continuation of a prompt.
 
-    input_ids: ``(1, T)`` prompt. The target continues it greedily for
+    input_ids: ``(1, T)`` or ``(T,)`` prompt. The target continues it greedily for
     ``num_tokens`` tokens, or until ``eos_token_id`` (included: what comes
     after the end of a document is another document, maybe of another
     domain); both models then score the whole sequence in one
@@ -62,11 +62,7 @@ def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
     Returns ``{"alpha": (N,), "agree": (N,) bool}`` tensors.
     """
     check_int("num_tokens", num_tokens, low=1)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or len(input_ids) != 1:
-        got = (f"shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor)
-               else type(input_ids).__name__)
-        raise ArgumentError(f"input_ids must be one prompt, a tensor of shape (1, T) (for "
-                            f"ids of shape (T,) pass ids[None]), got {got}")
+    input_ids = check_prompt(target, input_ids, num_tokens)  # (1, T), as the decoders take it
     continuation = autoregressive_generate(target, input_ids, num_tokens,
                                            eos_token_id=eos_token_id).tokens
     sequence = torch.cat([input_ids.to(target.device), continuation[None]], dim=1)

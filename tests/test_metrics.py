@@ -68,14 +68,18 @@ def test_perplexity_refuses_a_text_longer_than_the_context(tokenizer):
     assert math.isfinite(perplexity(model, tokenizer, [text], max_len=128))  # the cut documented
 
 
-def test_acceptance_along_greedy_refuses_1d_ids():
-    """Issue 21: ids of shape (T,) were an IndexError from inside."""
+def test_acceptance_along_greedy_takes_a_prompt_as_the_decoders_do():
+    """Issue 21: ids of shape (T,) were an IndexError from inside; now (T,),
+    (1, T) and a list are one prompt, as in the decoders, and a batch is refused."""
     model = tiny_model("llama", layers=1)
-    with pytest.raises(ValueError, match=r"input_ids must be one prompt, a tensor of shape "
-                                         r"\(1, T\).*got shape \(3,\)"):
-        acceptance_along_greedy(model, model, torch.tensor([0, 5, 7]), 4)
-    with pytest.raises(ValueError, match=r"input_ids must be .*got list"):
-        acceptance_along_greedy(model, model, [[0, 5, 7]], 4)
+    expected = acceptance_along_greedy(model, model, torch.tensor([[0, 5, 7]]), 4)
+    for ids in (torch.tensor([0, 5, 7]), [[0, 5, 7]]):
+        got = acceptance_along_greedy(model, model, ids, 4)
+        assert torch.equal(got["agree"], expected["agree"])
+        assert torch.allclose(got["alpha"], expected["alpha"])
+    with pytest.raises(ValueError, match=r"input_ids must be one prompt of shape \(T,\) or "
+                                         r"\(1, T\), got \(2, 3\)"):
+        acceptance_along_greedy(model, model, torch.tensor([[0, 5, 7], [0, 5, 7]]), 4)
 
 
 def test_acceptance_along_greedy_stops_at_end_of_text():
