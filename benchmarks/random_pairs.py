@@ -157,7 +157,7 @@ def greedy_alpha(target, draft, prompts: torch.Tensor, tokens: int) -> tuple[flo
     probability: what a confidence rule reads). prompts: ``(B, T)`` ids,
     decoded as one batch (no end-of-text stop: random weights rarely write it)."""
     cache = new_cache(target)
-    logits = forward(target, prompts, cache, last_only=True).logits[:, -1]  # (B, V)
+    logits = forward(target, prompts, cache, keep=1).logits[:, -1]  # (B, V)
     new = []
     for _ in range(tokens):
         new.append(logits.argmax(-1, keepdim=True))  # (B, 1)

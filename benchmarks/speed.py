@@ -227,7 +227,7 @@ def print_table(pair, prompts, warmup, methods, costs, repeats):
         print(f"| {name} | {rate:.1f} | {speed:.2f}x | {assisted['wall_s'] / r['wall_s']:.2f}x | "
               f"{target_calls:.3f} | {draft_calls:.3f} | {per_call[0]} | {per_call[1]} | "
               f"{overhead:.1f} | " + " | ".join(cells) + " |")
-    print("\n(target calls count the prefill too; tokens per prompt: "
+    print("\n(calls per token count every forward pass, the ones that read the prompt too; tokens per prompt: "
           f"{base['tokens'] / len(prompts):.1f} on average)")
     differing = {name: k for name, k in differing.items() if k}
     if not differing:

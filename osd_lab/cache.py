@@ -39,17 +39,21 @@ def keeps_logits(model_class: type) -> bool:
 
 
 def forward(model: PreTrainedModel, input_ids: torch.Tensor, cache: DynamicCache | None,
-            last_only: bool = False, **kwargs):
+            keep: int | None = None, **kwargs):
     """``model(input_ids, <cache keyword>=cache, **kwargs)``; ``input_ids`` ``(B, T)``.
 
     The cache (if any) grows by the T positions read; returns the model's output.
-    last_only: compute logits at the last position only (``logits_to_keep=1``,
-    where the model takes it): a prompt's other positions are never read, and
-    at a 152k vocabulary they are most of the cost of reading a prompt.
+    keep: logits at the last ``keep`` positions only, ``(B, keep, V)``
+    (``logits_to_keep``, where the model takes it; else cut from all T): a
+    prompt's other positions are never read, and at a 152k vocabulary they
+    are most of the cost of reading a prompt.
     """
-    if last_only and keeps_logits(type(model)):
-        kwargs["logits_to_keep"] = 1
-    return model(input_ids, **{cache_keyword(type(model)): cache}, **kwargs)
+    if keep is not None and keeps_logits(type(model)):
+        kwargs["logits_to_keep"] = keep
+    output = model(input_ids, **{cache_keyword(type(model)): cache}, **kwargs)
+    if keep is not None and output.logits.shape[1] > keep:
+        output.logits = output.logits[:, -keep:]
+    return output
 
 
 def rollback(cache: DynamicCache, num_tokens: int) -> None:

@@ -90,7 +90,7 @@ def prefilled(model: PreTrainedModel, batch_size: int, prompt_len: int, extra: i
     ids = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len + extra),
                         generator=torch.Generator().manual_seed(0)).to(model.device)
     cache = new_cache(model)
-    forward(model, ids[:, :prompt_len], cache, last_only=True)
+    forward(model, ids[:, :prompt_len], cache, keep=1)
     return cache, ids[:, prompt_len:]
 
 

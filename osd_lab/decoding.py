@@ -111,7 +111,7 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     new_tokens = []
     for _ in range(max_new_tokens):
         # 1. one forward pass: only the last position's logits matter
-        logits = forward(model, step_input, cache, last_only=True,
+        logits = forward(model, step_input, cache, keep=1,
                          use_cache=use_cache).logits[:, -1]
         # 2. logits -> probabilities -> one token, shape (1,); greedy needs
         #    only the argmax, not a (1, V) one-hot distribution
@@ -260,12 +260,10 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     stats = dict(alpha=[], decided_alpha=[], accepted=[], draft_lens=[], target_calls=0,
                  draft_calls=0, corrections=[], target_logits=[])
     target_cache, draft_cache = new_cache(target), new_cache(draft)
-    # Invariant: both caches hold every token but the last; the models have yet
-    # to read `pending` (the draft also x_G after a fully accepted block).
-    if input_ids.shape[1] > 1:
-        forward(target, input_ids[:, :-1], target_cache, last_only=True)  # logits unread
-        forward(draft, input_ids[:, :-1], draft_cache, last_only=True)
-    target_pending = draft_pending = input_ids[:, -1:]  # (1, 1)
+    # Invariant: the models have yet to read `pending` (the draft also x_G after
+    # a fully accepted block); at the start that is the whole prompt, read in
+    # the first step's passes (as transformers does: no pass of its own).
+    target_pending = draft_pending = input_ids  # (1, T)
     new_tokens = []  # list of (n,) tensors
     num_new, gamma = 0, draft_len
     while num_new < max_new_tokens:
@@ -281,7 +279,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         drafted, q, tops = [], [], []
         draft_input = draft_pending
         for i in range(min(gamma, room)):
-            logits = forward(draft, draft_input, draft_cache, last_only=True).logits[:, -1]
+            logits = forward(draft, draft_input, draft_cache, keep=1).logits[:, -1]
             if greedy:  # no device sync: x_i stays where the draft reads it
                 top_i, x_i = greedy_token(logits[..., :vocab_size])  # (1,), (1,)
                 tops.append(top_i)
@@ -299,8 +297,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
         drafted = torch.stack(drafted, 1) if g else input_ids.new_zeros(1, 0)  # (1, g)
         q = torch.stack(q, 1) if q else None  # (1, g, V), None when greedy
         # 2. the target scores pending + all drafted tokens in one pass
-        target_input = torch.cat([target_pending, drafted], dim=1)  # (1, g + 1)
-        target_logits = forward(target, target_input, target_cache).logits
+        target_input = torch.cat([target_pending, drafted], dim=1)  # (1, P + g)
+        target_logits = forward(target, target_input, target_cache, keep=g + 1).logits  # (1, g + 1, V)
         if greedy:
             top, target_tokens = greedy_token(target_logits[..., :vocab_size])  # (1, g + 1)
             check_top_logits(torch.cat([top[0]] + tops))  # one sync for the whole step

@@ -23,7 +23,8 @@ def clock(device: torch.device) -> float:
 
 
 def target_passes(out) -> int:
-    """Target forward passes a decoder made (the prompt's prefill not counted)."""
+    """Target forward passes a decoder made, the ones that read the prompt included
+    (a decoder's separate prefill pass, where it has one, not counted)."""
     stats = out.stats
     if "forward_passes" in stats:
         return stats["forward_passes"]

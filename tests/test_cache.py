@@ -37,9 +37,10 @@ def test_negative_rollback_refused():
         rollback(new_cache(tiny_model("llama")), -1)
 
 
-def test_last_only_computes_the_last_positions_logits_alone():
+@pytest.mark.parametrize("keep", [1, 3])
+def test_keep_computes_the_last_positions_logits_alone(keep):
     model = tiny_model("llama", seed=0)
     ids = torch.tensor([[3, 4, 5, 6]])
     full = forward(model, ids, new_cache(model)).logits
-    last = forward(model, ids, new_cache(model), last_only=True).logits
-    assert last.shape[1] == 1 and torch.allclose(last[:, -1], full[:, -1], atol=1e-6)
+    last = forward(model, ids, new_cache(model), keep=keep).logits
+    assert last.shape[1] == keep and torch.allclose(last, full[:, -keep:], atol=1e-6)
