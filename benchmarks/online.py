@@ -12,7 +12,11 @@ decoding of the same queries, and the update share of serving time. Then
 exact alpha (draft_len 4, greedy, until end-of-text) is measured on held-out
 prompts that are not in the stream. Rows:
   * online, with several update intervals and buffer sizes, and with AdaSPEC
-    token selection (k = 0.4);
+    token selection (k = 0.4), on one torch thread;
+  * online on 2 threads, updates on the serving path ("sync") or in a
+    background thread (``osd_lab.background``: serving and the trainer on one
+    thread each while it trains; the plain decoding they are compared with
+    gets both threads, the trainer paused), with the trainer's CPU time;
   * offline: the same queries answered by the target (the same greedy
     continuations), distilled with the same number of steps and batch size
     as the default online run, sampled uniformly from all of them: what one
@@ -47,12 +51,12 @@ def evaluate(pair, draft, eval_prompts):
 def run_online(pair, stream, **settings):
     """Serve the stream with a fresh copy of the draft; returns (draft, history)."""
     draft = copy.deepcopy(pair.draft)
-    decoder = OnlineSpeculativeDecoder(pair.target, draft, pair.tokenizer,
-                                       max_new_tokens=MAX_NEW_TOKENS,
-                                       vocab_size=pair.vocab_size, baseline=True, **settings)
-    for domain, prompt in stream:
-        decoder.serve(prompt, domain)
-    return draft, decoder.history
+    with OnlineSpeculativeDecoder(pair.target, draft, pair.tokenizer,
+                                  max_new_tokens=MAX_NEW_TOKENS, vocab_size=pair.vocab_size,
+                                  baseline=True, **settings) as decoder:
+        for domain, prompt in stream:
+            decoder.serve(prompt, domain)
+    return draft, decoder
 
 
 def run_offline(pair, stream, steps, batch_size):
@@ -85,7 +89,7 @@ def main(argv=None):
     stream = make_stream(args.stream, {d: corpus[d]["prompts"][n_eval:] for d in DOMAINS},
                          args.queries, seed=0)
 
-    default = dict(update_interval=4, buffer_size=128)
+    default = dict(update_interval=4, buffer_size=128, lr=1e-3)
     runs = {"online, interval 4, buffer 128": default,
             "online, interval 1, buffer 128": dict(default, update_interval=1),
             "online, interval 2, buffer 128": dict(default, update_interval=2),
@@ -93,14 +97,26 @@ def main(argv=None):
             "online, interval 4, buffer 8": dict(default, buffer_size=8),
             "online, interval 4, buffer 32": dict(default, buffer_size=32),
             "online, interval 4, buffer 128, lr 3e-3": dict(default, lr=3e-3),
-            "online AdaSPEC k=0.4, interval 4, buffer 128": dict(default, keep_fraction=0.4)}
+            "online AdaSPEC k=0.4, interval 4, buffer 128": dict(default, keep_fraction=0.4),
+            # the same cores for serving and training: sync on 2 threads, or background
+            # (serving and the trainer on 1 thread each while it trains; plain decoding on 2)
+            "online, interval 4, 2 threads, sync": dict(default, threads=2),
+            "online, interval 4, 2 threads, background": dict(default, threads=2,
+                                                              update_mode="background"),
+            "online, interval 1, 2 threads, background": dict(default, threads=2,
+                                                              update_interval=1,
+                                                              update_mode="background")}
     results = {"no update (zoo draft)": (evaluate(pair, pair.draft, eval_prompts), None)}
     for name, settings in runs.items():
-        draft, history = run_online(pair, stream, **settings)
-        speed = served_speed(history)
+        draft, decoder = run_online(pair, stream, **settings)
+        history, speed = decoder.history, served_speed(decoder.history)
+        serving_s = sum(history["latency_s"]) + sum(history["update_s"])
+        trainer = (f", trainer CPU {decoder.trainer_cpu_s / serving_s:.0%} of serving time"
+                   if decoder.trainer else "")
         results[name] = (evaluate(pair, draft, eval_prompts),
                          f"{len(history['updates'])} updates, served {speed['speedup']:.2f}x "
-                         f"plain decoding, updates {speed['update_share']:.1%} of serving time")
+                         f"plain decoding, updates {speed['update_share']:.1%} of serving "
+                         f"time{trainer}")
         print(f"{name}: done at {time.time() - start:.0f}s", flush=True)
     steps = args.queries // default["update_interval"]
     draft = run_offline(pair, stream, steps, batch_size=8)

@@ -11,6 +11,7 @@ plots saved to ``--out``.
 """
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ from osd_lab.divergences import DIVERGENCES  # noqa: E402
 from osd_lab.evaluation import alpha_by_domain, served_speed, speed_by_block  # noqa: E402
 from osd_lab.metrics import perplexity  # noqa: E402
 from osd_lab.models import context_length, load_pair  # noqa: E402
-from osd_lab.online import STREAMS, OnlineSpeculativeDecoder, make_stream  # noqa: E402
+from osd_lab.online import (DEFAULTS, STREAMS, UPDATE_MODES,  # noqa: E402
+                            OnlineSpeculativeDecoder, make_stream)
 from osd_lab.plots import plot_alpha, plot_speed  # noqa: E402
 from osd_lab.policies import DRAFT_LEN_POLICIES  # noqa: E402
 from osd_lab.sampling import set_seed  # noqa: E402
@@ -37,32 +39,39 @@ from osd_lab.zoo.corpus import DOMAINS, load_corpus  # noqa: E402
 STREAM_ORDER = ("sql", "math", "code", "prose")  # the draft's own domain first
 LAST_FRACTION = 1 / 3  # "late in a block": after the draft has had time to adapt
 MAX_QUERIES = 10_000  # about an hour on a laptop CPU; more is surely a typo
-STOP_RULES = ("none", "confidence", "entropy")
+STOP_RULES = ("auto", "none", "confidence", "entropy")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m osd_lab", description=__doc__.splitlines()[0])
     parser.add_argument("--stream", choices=STREAMS, default="sharp")
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--draft-len-policy", choices=DRAFT_LEN_POLICIES, default="goodput")
-    parser.add_argument("--draft-len", type=int, default=None,
+    # defaults: OnlineSpeculativeDecoder's, from one place (osd_lab.online.DEFAULTS)
+    parser.add_argument("--draft-len-policy", choices=DRAFT_LEN_POLICIES,
+                        default=DEFAULTS["draft_len_policy"])
+    parser.add_argument("--draft-len", type=int, default=DEFAULTS["draft_len"],
                         help="gamma (constant), its start (heuristic) or its most (goodput); "
                              "default 4, 4 and 16")
-    parser.add_argument("--stop-rule", choices=STOP_RULES, default="confidence",
+    parser.add_argument("--stop-rule", choices=STOP_RULES, default=DEFAULTS["stop_rule"],
                         help="end blocks early on the draft's own doubt (osd_lab.policies; "
-                             "none turns it off)")
-    parser.add_argument("--update-interval", type=int, default=4)
-    parser.add_argument("--buffer-size", type=int, default=128)
-    parser.add_argument("--loss", choices=DIVERGENCES, default="fkl")
-    parser.add_argument("--lr", type=float, default=1e-3)
+                             "auto: the confidence rule with goodput; none turns it off)")
+    parser.add_argument("--update-interval", type=int, default=DEFAULTS["update_interval"])
+    parser.add_argument("--update-mode", choices=UPDATE_MODES, default=DEFAULTS["update_mode"],
+                        help="sync: updates on the serving path; background: in a thread "
+                             "on half the threads while serving goes on")
+    parser.add_argument("--buffer-size", type=int, default=DEFAULTS["buffer_size"])
+    parser.add_argument("--loss", choices=DIVERGENCES, default=DEFAULTS["loss"])
+    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"],
+                        help="default: by the draft's size (osd_lab.distill.default_lr)")
     parser.add_argument("--keep-fraction", type=float, default=None,
                         help="AdaSPEC's k: distil only this fraction of tokens (default: all)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"])
     parser.add_argument("--batch-size", type=int, default=1,
                         help="serve the stream this many queries at a time (BASS; its own "
                              "draft-length schedule)")
     parser.add_argument("--eval-prompts", type=int, default=8, help="held-out per domain")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads (serving and training together)")
     parser.add_argument("--out", type=Path, default=Path("outputs"))
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -75,9 +84,14 @@ def check_flags(args):
                         ("--buffer-size", args.buffer_size), ("--threads", args.threads),
                         ("--eval-prompts", args.eval_prompts), ("--batch-size", args.batch_size)):
         check_int(flag, value, low=1)
+    check_int("--threads", args.threads, 1, os.cpu_count())
+    if args.update_mode == "background":
+        check_int("--threads (with --update-mode background: half serve, half train)",
+                  args.threads, 2, os.cpu_count())
     if args.draft_len is not None:
         check_int("--draft-len", args.draft_len, low=1)
-    check_float("--lr", args.lr, low=0, low_open=True)
+    if args.lr is not None:
+        check_float("--lr", args.lr, 0, 1, low_open=True)
     if args.keep_fraction is not None:
         check_float("--keep-fraction", args.keep_fraction, 0, 1, low_open=True)
     # with 1 new token nothing is drafted, and there is no alpha to report
@@ -132,7 +146,8 @@ def main(argv=None):
             stop_rule=None if args.stop_rule == "none" else args.stop_rule,
             update_interval=args.update_interval, loss=args.loss, buffer_size=args.buffer_size,
             lr=args.lr, max_new_tokens=args.max_new_tokens, vocab_size=pair.vocab_size,
-            keep_fraction=args.keep_fraction, seed=args.seed, baseline=True)
+            keep_fraction=args.keep_fraction, seed=args.seed, baseline=True,
+            update_mode=args.update_mode, threads=args.threads)
     except ValueError as err:
         parser.error(str(err))
 
@@ -168,16 +183,25 @@ def main(argv=None):
             else:  # batched speculative decoding, split by draft (osd_lab.batched)
                 decoder.serve_batch([p for _, p in batch], [d for d, _ in batch])
             progress.update(len(batch))
+    serving_s = sum(decoder.history["latency_s"]) + sum(decoder.history["update_s"])
+    decoder.close()  # background: the last updates run and their weights swap in
     after = alphas()
 
     h = decoder.history
+    mode = args.update_mode
+    if mode == "background":  # what the trainer took: the cores, not serving time
+        mode += (f" (trainer: {decoder.trainer_cpu_s:.1f} s of CPU time, "
+                 f"{decoder.trainer_cpu_s / serving_s:.0%} of the serving wall time; while it "
+                 f"trained, serving ran on {args.threads // 2} of {args.threads} threads; plain "
+                 f"decoding on all {args.threads}, the trainer paused; {len(h['swaps'])} weight "
+                 f"swaps, {len(h['trainer_errors'])} trainer errors)")
     print(f"\nonline run: {args.queries} queries ({args.stream} stream over "
           f"{', '.join(STREAM_ORDER)}), served in batches of {size}, draft-length policy "
           f"{args.draft_len_policy if size == 1 else 'bass'}"
-          f"{f', stop rule {args.stop_rule}' if args.stop_rule != 'none' else ''}, update every "
+          f"{f', stop rule {decoder.stop_rule}' if decoder.stop_rule else ''}, update every "
           f"{args.update_interval} queries, loss {args.loss}"
           f"{f' (AdaSPEC, k={args.keep_fraction})' if args.keep_fraction else ''}, "
-          f"{len(h['updates'])} updates, {len(h['skipped'])} skipped\n")
+          f"{len(h['updates'])} updates, {len(h['skipped'])} skipped, updates {mode}\n")
     print(f"held-out alpha ({n_eval} prompts per domain, greedy, draft_len 4, until "
           f"end-of-text or {args.max_new_tokens} tokens):")
     print("| domain | alpha before | alpha after | change |\n|---|---:|---:|---:|")
@@ -186,27 +210,35 @@ def main(argv=None):
     print(f"\nserved tokens/s (decoding + updates) against plain decoding of the same queries "
           f"in this run; 'last' is each block's last {LAST_FRACTION:.0%}:")
     print("| block | queries | served tokens/s | plain tokens/s | speedup | last: speedup | "
-          "update share | mean gamma | served alpha, last |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "update share | mean gamma | served alpha, last | break-even after (queries) | latency p50 / p95, "
+          "served (ms) | plain (ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     blocks = speed_by_block(h, LAST_FRACTION)
     for d, block in blocks.items():
-        whole, last = block["all"], block["last"]
-        queries = [i for i, domain in enumerate(h["domain"]) if domain == d]
+        whole, last, queries = block["all"], block["last"], block["queries"]
         late = queries[-last["queries"]:]
         gamma = sum(h["draft_len"][i] for i in queries) / len(queries)
         known = [h["alpha"][i] for i in late if h["alpha"][i] == h["alpha"][i]]  # not NaN
         alpha = f"{sum(known) / len(known):.3f}" if known else "-"
+        even = block["break_even"]
+        served, plain = (" / ".join(f"{1e3 * s:.0f}" for s in block["latency"][k])
+                         for k in ("served", "plain"))
         print(f"| {d} | {whole['queries']} | {whole['served_tps']:.0f} | "
               f"{whole['baseline_tps']:.0f} | {whole['speedup']:.2f}x | {last['speedup']:.2f}x | "
-              f"{whole['update_share']:.1%} | {gamma:.1f} | {alpha} |")
+              f"{whole['update_share']:.1%} | {gamma:.1f} | {alpha} | "
+              f"{even or 'not in the block'} | {served} | {plain} |")
     total = served_speed(h)
     print(f"| whole stream | {total['queries']} | {total['served_tps']:.0f} | "
           f"{total['baseline_tps']:.0f} | {total['speedup']:.2f}x | | "
-          f"{total['update_share']:.1%} | | |")
+          f"{total['update_share']:.1%} | | | | | |")
+    print("(break-even: the block's queries served before its serving time so far, decoding + "
+          "updates, fell below plain decoding's for good)")
 
     window = max(1, min(20, min(b["all"]["queries"] for b in blocks.values())))
     fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     plot_alpha(h, axes[0], window=window)
-    plot_speed(h, axes[1], window=window)
+    plot_speed(h, axes[1], window=window,
+               break_even={d: b["queries"][b["break_even"] - 1]
+                           for d, b in blocks.items() if b["break_even"]})
     fig.tight_layout()
     fig.savefig(args.out / "online_alpha_speed.png", dpi=110)
     print(f"\nplots saved to {args.out.resolve() / 'online_alpha_speed.png'}; "

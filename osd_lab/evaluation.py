@@ -8,7 +8,10 @@ the served speed of an online decoder with every cost counted.
   queries of an ``OnlineSpeculativeDecoder``'s history, against
   autoregressive decoding of the same queries timed in the same run.
 * ``speed_by_block``: ``served_speed`` per domain block of a stream, over
-  the whole block and its last part.
+  the whole block and its last part, with its break-even and latencies.
+* ``break_even``: after how many queries the served time so far fell below
+  plain decoding's for good; ``latencies``: per-query p50 and p95, served
+  and plain.
 
 Used by the main job, the benchmarks, the dashboard and notebooks 04-07.
 """
@@ -77,15 +80,47 @@ def served_speed(history: dict, queries=None) -> dict:
                 update_share=update / (decode + update), queries=len(queries))
 
 
+def query_seconds(history: dict, i: int) -> float:
+    """Query ``i``'s serving time: its decoding and the updates run after it
+    (the server answers nothing while they run)."""
+    return history["latency_s"][i] + history["update_s"][i]
+
+
+def break_even(history: dict, queries) -> int | None:
+    """How many of ``queries`` (indices, in order) were served before the
+    serving time so far fell below plain decoding's for good: the first n from
+    which it stays below up to the last query; None if it is not below then."""
+    served = plain = 0.0
+    first = None
+    for n, i in enumerate(queries, start=1):
+        served += query_seconds(history, i)
+        plain += history["baseline_s"][i]
+        first = (first or n) if served < plain else None
+    return first
+
+
+def latencies(history: dict, queries) -> dict:
+    """Per-query latency in seconds over ``queries``: ``{"served": (p50, p95),
+    "plain": (p50, p95)}``, served counting the updates run after a query."""
+    levels = torch.tensor([0.5, 0.95], dtype=torch.float64)
+    served = torch.tensor([query_seconds(history, i) for i in queries], dtype=torch.float64)
+    plain = torch.tensor([history["baseline_s"][i] for i in queries], dtype=torch.float64)
+    return {"served": tuple(served.quantile(levels).tolist()),
+            "plain": tuple(plain.quantile(levels).tolist())}
+
+
 def speed_by_block(history: dict, last_fraction: float = 1 / 3) -> dict:
-    """``{domain: {"all": served_speed, "last": served_speed}}`` per domain
-    block of a stream (a domain's queries, in order), "last" over the block's
-    last ``last_fraction`` of queries (at least one)."""
+    """``{domain: {"all": served_speed, "last": served_speed, "break_even": n,
+    "latency": latencies, "queries": indices}}`` per domain block of a stream (a
+    domain's queries, in order), "last" over the block's last ``last_fraction``
+    of queries (at least one)."""
     check_float("last_fraction", last_fraction, 0, 1, low_open=True)
     blocks = {}
     for i, domain in enumerate(history["domain"]):
         blocks.setdefault(domain, []).append(i)
     return {domain: {"all": served_speed(history, queries),
                      "last": served_speed(history, queries[-max(1, round(len(queries)
-                                                                         * last_fraction)):])}
+                                                                         * last_fraction)):]),
+                     "break_even": break_even(history, queries),
+                     "latency": latencies(history, queries), "queries": queries}
             for domain, queries in blocks.items()}

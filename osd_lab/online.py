@@ -15,13 +15,17 @@ decoding (``osd_lab.batched``, notebook 08).
 Taught in ``notebooks/06_online_speculative_decoding``.
 """
 
+import contextlib
 import copy
 import random
+import threading
+import weakref
 from collections import deque
 from pathlib import Path
 
 import torch
 
+from osd_lab.background import BackgroundTrainer, check_threads, split_threads, torch_threads
 from osd_lab.batched import (BATCH_DRAFT_LEN_POLICIES, batched_autoregressive_generate,
                              batched_speculative_generate)
 from osd_lab.checks import (ArgumentError, check_choice, check_float, check_int, check_seed,
@@ -33,10 +37,20 @@ from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, continuat
                              select_tokens)
 from osd_lab.divergences import DIVERGENCES, compress, masked_mean, token_divergence
 from osd_lab.models import output_vocab_size
-from osd_lab.policies import GoodputPolicy, check_stop_rule, moving_average
+from osd_lab.policies import (DEFAULT_DRAFT_LEN_POLICY, GoodputPolicy, check_stop_rule,
+                              moving_average)
 from osd_lab.timing import clock
 
 STREAMS = ("sharp", "smooth", "iid")
+UPDATE_MODES = ("sync", "background")
+# The online decoder's defaults, in one place: OnlineSpeculativeDecoder's
+# signature, the main job's flags (osd_lab.__main__) and the dashboard's
+# sliders (osd_lab.dashboard) read them. draft_len None: the policy's
+# (decoding.DEFAULT_DRAFT_LEN, 16 for goodput); stop_rule "auto": the
+# confidence rule with goodput; lr None: distill.default_lr by the draft's size.
+DEFAULTS = dict(draft_len_policy=DEFAULT_DRAFT_LEN_POLICY, draft_len=None, stop_rule="auto",
+                update_interval=4, buffer_size=128, loss="fkl", lr=None, batch_size=8,
+                max_new_tokens=32, update_mode="sync")
 ALPHA_SMOOTHING = 0.05  # weight of each decided position in a draft's running alpha
 # lora_rank="auto": LoRA adapters of rank LORA_RANK for a draft of over LORA_ABOVE
 # parameters (a 0.5B/1.5B Qwen pair in float32: 10.1-10.6 GiB peak instead of 15.5-15.9
@@ -216,9 +230,10 @@ class OnlineSpeculativeDecoder:
     draft, so each draft's running alpha carries from query to query and
     follows its updates), "constant" or "heuristic"; draft_len: its
     ``draft_len`` (default: the policy's, see ``speculative_generate``);
-    stop_rule, stop_threshold: a confidence stopping rule
-    (``osd_lab.policies``); costs: the pair's ``SpeculationCosts`` for
-    goodput (default: measured once per draft).
+    stop_rule, stop_threshold: a stopping rule (``osd_lab.policies``; the
+    default "auto" is transformers' confidence rule with goodput, none with
+    the others); costs: the pair's ``SpeculationCosts`` for goodput
+    (default: measured once per draft). Every default is ``DEFAULTS``'s.
     baseline: also decode every query autoregressively, untimed as serving
     but timed beside it, for ``osd_lab.evaluation.served_speed``.
     update_below_alpha: a draft whose running alpha (over the positions
@@ -234,18 +249,38 @@ class OnlineSpeculativeDecoder:
     ``baseline_s`` and ``baseline_tokens``; and ``updates`` as
     ``(query_index, draft, loss, batch)`` and ``skipped`` updates as
     ``(query_index, draft)``.
+
+    update_mode: "sync" (the default) runs each update on the serving path,
+    after the query that made it due; "background" runs it in a thread
+    (``osd_lab.background``) on a private copy of the draft while later
+    queries are served, and copies the new weights into the serving draft
+    between queries (``history["swaps"]``: ``(query_index, draft)``). Its
+    updates take no serving time (``update_s`` 0) but half of ``threads``
+    while they run; ``trainer_cpu_s`` is what they used. A trainer error is
+    recorded in ``history["trainer_errors"]`` as ``(query_index, draft,
+    error)``; serving goes on with the last good weights and the buffer
+    keeps every query. Call ``close()`` (or use ``with``) to finish the
+    updates, swap in their weights and stop the thread. The trainer's copy
+    holds a second set of each draft's weights in memory.
+    threads: the CPU threads this decoder may use (default: torch's current
+    count); the baseline always decodes with all of them.
     """
 
-    def __init__(self, target, drafts, tokenizer, draft_len=None, update_interval=8,
-                 loss="fkl", buffer_size=128, lr=None, batch_size=8, max_new_tokens=32,
+    def __init__(self, target, drafts, tokenizer, draft_len=DEFAULTS["draft_len"],
+                 update_interval=DEFAULTS["update_interval"], loss=DEFAULTS["loss"],
+                 buffer_size=DEFAULTS["buffer_size"], lr=DEFAULTS["lr"],
+                 batch_size=DEFAULTS["batch_size"], max_new_tokens=DEFAULTS["max_new_tokens"],
                  temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0,
                  warmup_updates=None, lora_rank="auto", buffer_top_k=64,
-                 draft_len_policy="goodput", stop_rule=None, stop_threshold=None, costs=None,
-                 baseline=False, update_below_alpha=0.8):
+                 draft_len_policy=DEFAULTS["draft_len_policy"], stop_rule=DEFAULTS["stop_rule"],
+                 stop_threshold=None, costs=None, baseline=False, update_below_alpha=0.8,
+                 update_mode=DEFAULTS["update_mode"], threads=None):
         for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
                             ("batch_size", batch_size)):
             check_int(name, value, low=1)
         check_choice("baseline", baseline, (True, False))
+        check_choice("update_mode", update_mode, UPDATE_MODES)
+        self.threads = check_threads(threads, update_mode)
         if update_below_alpha is not None:
             check_float("update_below_alpha", update_below_alpha, 0, 1, low_open=True)
         check_choice("loss", loss, DIVERGENCES)
@@ -281,10 +316,13 @@ class OnlineSpeculativeDecoder:
         for name, draft in self.drafts.items():
             if self.lora_ranks[name] is not None:
                 add_lora(draft, self.lora_ranks[name])
+        # the models updates train: the serving drafts, or in the background copies of them
+        self.trained = (self.drafts if update_mode == "sync"
+                        else {name: copy.deepcopy(d) for name, d in self.drafts.items()})
         # AdaSPEC: a reference per draft, from the same weights, trained with plain FKL
         self.references = ({name: copy.deepcopy(d) for name, d in self.drafts.items()}
                            if keep_fraction is not None else {})
-        models = {**self.drafts, **{("reference", n): r for n, r in self.references.items()}}
+        models = {**self.trained, **{("reference", n): r for n, r in self.references.items()}}
         ranks = {**self.lora_ranks,
                  **{("reference", n): self.lora_ranks[n] for n in self.references}}
         self.optimizers, self.schedulers = {}, {}
@@ -303,7 +341,8 @@ class OnlineSpeculativeDecoder:
         self.generator = torch.Generator(device=target.device).manual_seed(seed)
         self.history = {k: [] for k in (
             "domain", "draft", "alpha", "tau", "new_tokens", "latency_s", "update_s",
-            "draft_len", "notes", "updates", "skipped", "baseline_s", "baseline_tokens")}
+            "draft_len", "notes", "updates", "skipped", "baseline_s", "baseline_tokens",
+            "swaps", "trainer_errors")}
         # how each draft drafts: the same settings speculative_generate checks
         self.baseline = baseline
         self.stop_rule, self.stop_threshold = check_stop_rule(stop_rule, stop_threshold,
@@ -313,6 +352,77 @@ class OnlineSpeculativeDecoder:
         self.fresh = dict.fromkeys(self.drafts, 0)  # queries buffered since the last update
         self.update_below_alpha = update_below_alpha
         self.running_alpha = dict.fromkeys(self.drafts, 0.5)  # per draft, on what it served
+        self.lock = threading.Lock()  # the buffers and published weights, across threads
+        self.published = {}  # name -> trainable weights the trainer kept, not yet swapped in
+        self.trainer = None
+        if update_mode == "background":
+            self.trainer = BackgroundTrainer(self._train_in_background)
+            weakref.finalize(self, self.trainer.close)  # deleting the decoder stops its thread
+
+    # -------------------------------------------------------------------------
+    # background updates
+
+    @property
+    def trainer_cpu_s(self) -> float:
+        """CPU seconds the background trainer used (0 with update_mode="sync")."""
+        return self.trainer.cpu_s if self.trainer else 0.0
+
+    def _train_in_background(self, name):
+        """One update of draft ``name``'s copy, in the trainer's thread; a kept
+        update publishes the copy's trainable weights for ``swap_in``."""
+        try:
+            with torch_threads(split_threads(self.threads, trainer_busy=True)):
+                taken = self.update(name)
+        except Exception as error:  # serving goes on with the last good weights
+            self.history["trainer_errors"].append((len(self.history["domain"]), name,
+                                                   repr(error)))
+            return
+        if taken:
+            weights = [p.detach().clone() for p in self.trained[name].parameters()
+                       if p.requires_grad]
+            with self.lock:
+                self.published[name] = weights
+
+    def swap_in(self):
+        """Copy the weights the trainer published into the serving drafts:
+        called between queries, never during one."""
+        with self.lock:
+            published, self.published = self.published, {}
+        for name, weights in published.items():
+            serving = [p for p in self.drafts[name].parameters() if p.requires_grad]
+            with torch.no_grad():
+                for p, w in zip(serving, weights):
+                    p.copy_(w)
+            self.history["swaps"].append((len(self.history["domain"]), name))
+
+    def close(self):
+        """Finish the background updates, swap in their weights and stop the
+        trainer's thread (nothing to do with update_mode="sync")."""
+        if self.trainer is not None:
+            self.trainer.close()
+            self.swap_in()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _serving_threads(self):
+        """Torch threads for the next query: all of them, or half while the
+        trainer has work (``osd_lab.background.split_threads``)."""
+        return torch_threads(split_threads(self.threads,
+                                           self.trainer is not None and self.trainer.busy()))
+
+    @contextlib.contextmanager
+    def _baseline_threads(self):
+        """Plain decoding gets every thread, with the trainer paused."""
+        with (self.trainer.paused() if self.trainer else contextlib.nullcontext()), \
+                torch_threads(self.threads):
+            yield
+
+    # -------------------------------------------------------------------------
+    # serving
 
     def serve(self, prompt, domain=None):
         """Answer one query (text); returns the generated text."""
@@ -323,19 +433,22 @@ class OnlineSpeculativeDecoder:
             raise ValueError("empty prompt")
         name, note = self.router.route(ids, domain) if self.router else ("draft", None)
         policy, draft_len = self.policies[name]
-        out = speculative_generate(
-            self.target, self.drafts[name], ids, self.max_new_tokens,
-            draft_len=None if isinstance(policy, GoodputPolicy) else draft_len,
-            draft_len_policy=policy, stop_rule=self.stop_rule,
-            stop_threshold=self.stop_threshold, temperature=self.temperature,
-            eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
-            vocab_size=self.vocab_size, record_target_logits=True)
+        self.swap_in()  # between queries: the trainer's latest weights, if any
+        with self._serving_threads():
+            out = speculative_generate(
+                self.target, self.drafts[name], ids, self.max_new_tokens,
+                draft_len=None if isinstance(policy, GoodputPolicy) else draft_len,
+                draft_len_policy=policy, stop_rule=self.stop_rule,
+                stop_threshold=self.stop_threshold, temperature=self.temperature,
+                eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
+                vocab_size=self.vocab_size, record_target_logits=True)
         self._record(ids, domain, name, note, out.tokens, out.stats, out.stats["wall_time_s"])
         if self.baseline:  # the same query, plain decoding, the same stopping rule
-            plain = autoregressive_generate(self.target, ids, self.max_new_tokens,
-                                            temperature=self.temperature,
-                                            eos_token_id=self.tokenizer.eos_token_id,
-                                            generator=self.generator)
+            with self._baseline_threads():
+                plain = autoregressive_generate(self.target, ids, self.max_new_tokens,
+                                                temperature=self.temperature,
+                                                eos_token_id=self.tokenizer.eos_token_id,
+                                                generator=self.generator)
             self.history["baseline_s"].append(plain.stats["wall_time_s"])
             self.history["baseline_tokens"].append(plain.stats["new_tokens"])
         self.history["update_s"][-1] += self.run_due_updates(1)
@@ -344,7 +457,8 @@ class OnlineSpeculativeDecoder:
     def run_due_updates(self, served: int) -> float:
         """After ``served`` more queries: run the updates that fell due (one
         per ``update_interval`` queries), each for the drafts whose buffers
-        got new queries since their last update. Returns their wall time."""
+        got new queries since their last update; in the background, hand
+        them to the trainer. Returns the serving time they took."""
         total = len(self.history["domain"])
         due = total // self.update_interval - (total - served) // self.update_interval
         start = clock(self.target.device)
@@ -353,7 +467,11 @@ class OnlineSpeculativeDecoder:
                 matches = (self.update_below_alpha is not None
                            and self.running_alpha[name] >= self.update_below_alpha)
                 if self.fresh[name] and not matches:  # else the update would buy nothing
-                    self.update(name)
+                    if self.trainer is None:
+                        with torch_threads(self.threads):
+                            self.update(name)
+                    else:
+                        self.trainer.submit(name)
                     self.fresh[name] = 0
         return clock(self.target.device) - start if due else 0.0
 
@@ -385,22 +503,26 @@ class OnlineSpeculativeDecoder:
                   for row, d in zip(ids, domains)]
         results = [None] * len(prompts)  # (tokens, stats, latency) per query
         baselines = [None] * len(prompts)  # (seconds, tokens) per query
+        self.swap_in()  # between batches: the trainer's latest weights, if any
         for name in dict.fromkeys(name for name, _ in routes):  # one batch per draft
             group = [i for i, (n, _) in enumerate(routes) if n == name]
             policy, draft_len = self.policies[name]
-            out = batched_speculative_generate(
-                self.target, self.drafts[name], [ids[i] for i in group], self.max_new_tokens,
-                draft_len=None if draft_len_policy == "bass" else draft_len,
-                draft_len_policy=draft_len_policy, temperature=self.temperature,
-                eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
-                vocab_size=self.vocab_size, record_target_logits=True)
+            with self._serving_threads():
+                out = batched_speculative_generate(
+                    self.target, self.drafts[name], [ids[i] for i in group],
+                    self.max_new_tokens,
+                    draft_len=None if draft_len_policy == "bass" else draft_len,
+                    draft_len_policy=draft_len_policy, temperature=self.temperature,
+                    eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
+                    vocab_size=self.vocab_size, record_target_logits=True)
             for i, tokens, stats in zip(group, out.tokens, out.stats["sequences"]):
                 results[i] = tokens, stats, out.stats["wall_time_s"]
             if self.baseline:
-                plain = batched_autoregressive_generate(
-                    self.target, [ids[i] for i in group], self.max_new_tokens,
-                    temperature=self.temperature, eos_token_id=self.tokenizer.eos_token_id,
-                    generator=self.generator)
+                with self._baseline_threads():
+                    plain = batched_autoregressive_generate(
+                        self.target, [ids[i] for i in group], self.max_new_tokens,
+                        temperature=self.temperature, eos_token_id=self.tokenizer.eos_token_id,
+                        generator=self.generator)
                 for i, tokens in zip(group, plain.tokens):
                     baselines[i] = plain.stats["wall_time_s"], len(tokens)
         for i, (tokens, stats, latency) in enumerate(results):  # history in query order
@@ -418,7 +540,9 @@ class OnlineSpeculativeDecoder:
         transformers checkpoint: ``AutoModelForCausalLM.from_pretrained(path)``
         loads it, and it can serve as the draft model of another engine
         (transformers' ``assistant_model``, vLLM's draft-model speculative
-        decoding). Refuses a non-empty folder unless ``overwrite``."""
+        decoding). Refuses a non-empty folder unless ``overwrite``. In the
+        background mode it writes the weights swapped in so far (``close()``
+        first to include every update)."""
         check_choice("name", name, list(self.drafts))
         check_choice("overwrite", overwrite, (True, False))
         path = Path(path)
@@ -442,7 +566,8 @@ class OnlineSpeculativeDecoder:
             sequence = torch.cat([ids[0], tokens]).cpu()  # keep it, with the target's logits
             logits = stats["target_logits"]  # (N, V)
             kept = compress(logits, self.buffer_top_k) if self.buffer_top_k else logits
-            self.buffers[name].append((sequence, ids.shape[1], kept.to("cpu")))
+            with self.lock:  # the trainer may be sampling it
+                self.buffers[name].append((sequence, ids.shape[1], kept.to("cpu")))
             self.fresh[name] += 1
         self.running_alpha[name] = moving_average(self.running_alpha[name],
                                                   stats["decided_alpha"], ALPHA_SMOOTHING)
@@ -459,13 +584,16 @@ class OnlineSpeculativeDecoder:
         h["draft_len"].append(sum(stats["draft_lens"]) / max(1, len(stats["draft_lens"])))
         h["notes"].append(note)
 
-    def update(self, name="draft"):
+    def update(self, name="draft") -> bool:
         """One distillation step of draft ``name`` (and of its AdaSPEC reference)
-        on a sample of its buffer."""
-        buffer, draft = self.buffers[name], self.drafts[name]
+        on a sample of its buffer; in the background, of the trainer's copy.
+        Returns whether the step was kept (False: skipped, or nothing buffered)."""
+        draft = self.trained[name]
+        with self.lock:
+            buffer = list(self.buffers[name])
         if not buffer:
-            return
-        batch = self.rng.sample(list(buffer), min(self.batch_size, len(buffer)))
+            return False
+        batch = self.rng.sample(buffer, min(self.batch_size, len(buffer)))
         prompt_lens = [n for _, n, _ in batch]
         ids, mask = make_batch([seq for seq, _, _ in batch], prompt_lens)
         start = first_scored(mask)  # positions before it are every row's prompt
@@ -485,6 +613,7 @@ class OnlineSpeculativeDecoder:
             self.history["skipped"].append((query, name))
         else:
             self.history["updates"].append((query, name, value, len(batch)))
+        return value is not None
 
     def _step(self, model, key, ids, start, target_logits, mask, loss, reference_loss=None):
         """One optimiser step on the masked mean divergence over positions ``start``

@@ -49,9 +49,10 @@ def plot_tau(history, ax=None, window=20):
     return ax
 
 
-def plot_speed(history, ax=None, window=20):
+def plot_speed(history, ax=None, window=20, break_even=None):
     """Served tokens/s (decoding + updates) and plain decoding of the same
-    queries (``baseline=True``), per query, as moving averages over ``window``."""
+    queries (``baseline=True``), per query, as moving averages over ``window``;
+    break_even: ``{domain: query index}`` where a block broke even, marked."""
     ax = ax or plt.subplots(figsize=(9, 3))[1]
     served = [t / (d + u) for t, d, u in zip(history["new_tokens"], history["latency_s"],
                                              history["update_s"])]
@@ -60,6 +61,9 @@ def plot_speed(history, ax=None, window=20):
     ax.plot(moving_average(plain, window), color="grey", ls="--", label="plain decoding")
     for i, _ in domain_shifts(history["domain"])[1:13]:
         ax.axvline(i, color="grey", lw=0.8, ls="--")
+    for n, i in enumerate((break_even or {}).values()):
+        ax.axvline(i, color="tab:green", lw=1.2, label="break-even (served time < plain's)"
+                   if n == 0 else None)
     ax.set(xlabel="query", ylabel=f"tokens/s (moving average, {window})", ylim=(0, None))
     ax.legend(loc="lower right", fontsize=8)
     return ax

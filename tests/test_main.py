@@ -1,5 +1,8 @@
 """The main job (``python -m osd_lab``) end to end on a very short stream."""
 
+import inspect
+import os
+
 import pytest
 
 from osd_lab.__main__ import main
@@ -16,6 +19,33 @@ def test_main_job_prints_report_and_saves_plot(tmp_path, capsys):
     assert (tmp_path / "online_alpha_speed.png").stat().st_size > 0
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="background updates need 2 cores")
+def test_main_job_with_background_updates_reports_the_trainers_compute(tmp_path, capsys):
+    main(["--queries", "4", "--update-interval", "1", "--eval-prompts", "1",
+          "--max-new-tokens", "6", "--update-mode", "background", "--out", str(tmp_path)])
+    report = capsys.readouterr().out
+    assert "updates background (trainer: " in report and "of the serving wall time" in report
+    assert "0 trainer errors" in report
+
+
+def test_the_decoder_the_main_job_and_the_dashboard_share_their_defaults(zoo):
+    from osd_lab.__main__ import build_parser
+    from osd_lab.dashboard import DEFAULTS as DASHBOARD
+    from osd_lab.decoding import DEFAULT_DRAFT_LEN
+    from osd_lab.distill import default_lr
+    from osd_lab.online import DEFAULTS, OnlineSpeculativeDecoder
+    signature = inspect.signature(OnlineSpeculativeDecoder).parameters
+    flags = build_parser().parse_args([])
+    for name, value in DEFAULTS.items():
+        assert signature[name].default == value, name
+        if name != "batch_size":  # the main job's --batch-size: queries served at once
+            assert getattr(flags, name) == value, name
+    assert DASHBOARD["draft_len"] == DEFAULT_DRAFT_LEN[DEFAULTS["draft_len_policy"]]
+    for name in ("update_interval", "loss", "buffer_size", "draft_len_policy"):
+        assert DASHBOARD[name] == DEFAULTS[name], name
+    assert DASHBOARD["lr"] == default_lr(zoo.draft)  # the slider needs a number
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--queries", "0"], "--queries must be an integer in [1, 10000], got 0"),
     (["--update-interval", "0"], "--update-interval"),
@@ -27,11 +57,15 @@ def test_main_job_prints_report_and_saves_plot(tmp_path, capsys):
     (["--queries", "1000000000"], "--queries must be an integer in [1, 10000]"),
     (["--max-new-tokens", "1"], "--max-new-tokens must be an integer >= 2, got 1"),
     (["--seed", "-1"], "--seed must be an integer in [0, 4294967295], got -1"),
-    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
-    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number in (0, 1], got nan"),
+    (["--lr", "inf"], "--lr must be a finite number in (0, 1], got inf"),
     (["--keep-fraction", "nan"], "--keep-fraction"),
     (["--draft-len", "0"], "--draft-len"),
     (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["--threads", "4096"], "--threads must be an integer in [1, "),
+    (["--update-mode", "background", "--threads", "1"],
+     "--threads (with --update-mode background: half serve, half train) must be an integer in [2, "),
+    (["--update-mode", "later"], "invalid choice"),
     (["--draft-len-policy", "fastest"], "invalid choice"),
     (["--stop-rule", "hunch"], "invalid choice"),
     (["--queries", "2.0"], "invalid int value"),

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import PROMPTS, noisy_copy, tiny_model
 from osd_lab.cost import SpeculationCosts
-from osd_lab.evaluation import acceptance_rate, alpha_by_domain, served_speed, speed_by_block
+from osd_lab.evaluation import (acceptance_rate, alpha_by_domain, break_even, latencies,
+                               served_speed, speed_by_block)
 from osd_lab.online import OnlineSpeculativeDecoder, OracleRouter, make_stream
 from osd_lab.policies import GoodputPolicy
 
@@ -38,6 +39,19 @@ def test_served_speed_counts_updates_beside_a_baseline_of_the_same_queries(text_
     blocks = speed_by_block(h)
     assert set(blocks) == {"sql", "math"} and blocks["sql"]["last"]["queries"] == 1
     assert blocks["math"]["all"]["queries"] == 4
+
+
+def test_break_even_is_where_served_time_stays_below_plain_and_latencies_count_updates():
+    history = dict(latency_s=[1.0, 0.5, 0.5, 0.2, 0.2], update_s=[0.5, 0.0, 0.6, 0.0, 0.0],
+                   baseline_s=[1.0, 1.0, 0.6, 0.6, 0.6])
+    # served so far 1.5, 2.0, 3.1, 3.3, 3.5 against plain 1.0, 2.0, 2.6, 3.2, 3.8:
+    # below at query 5 only (query 2 ties, and 3 and 4 go back above)
+    assert break_even(history, range(5)) == 5
+    assert break_even(history, range(4)) is None
+    assert break_even(history, [3, 4]) == 1
+    lat = latencies(history, range(5))
+    assert lat["served"][0] == pytest.approx(0.5) and lat["plain"][0] == pytest.approx(0.6)
+    assert lat["served"][1] == pytest.approx(1.1 + 0.8 * 0.4)  # p95 between 1.1 and 1.5
 
 
 def test_served_speed_needs_a_baseline(text_pair, tokenizer):

@@ -1,4 +1,7 @@
-"""Build the shipped multi-domain corpus: ``python -m osd_lab.zoo.build_corpus``.
+"""Build the shipped multi-domain corpus: ``python scripts/build_corpus.py``.
+
+A maintainer's script, not part of the installed package (it reads the
+interpreter's standard library and Debian's ``dict-devil``).
 
 Writes ``osd_lab/zoo/data/corpus.json.gz`` (see ``osd_lab/zoo/corpus.py`` for
 the format) and prints the size of every split.  The output is deterministic:
