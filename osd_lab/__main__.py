@@ -44,6 +44,9 @@ STOP_RULES = ("auto", "none", "confidence", "entropy")
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m osd_lab", description=__doc__.splitlines()[0])
+    parser.add_argument("--pair", choices=("zoo", "zoo-all"), default="zoo",
+                        help="zoo: the draft trained on sql only; zoo-all: the draft "
+                             "trained on all four domains")
     parser.add_argument("--stream", choices=STREAMS, default="sharp")
     parser.add_argument("--queries", type=int, default=300)
     # defaults: OnlineSpeculativeDecoder's, from one place (osd_lab.online.DEFAULTS)
@@ -127,7 +130,7 @@ def main(argv=None):
     start = time.time()
     torch.set_num_threads(args.threads)
     set_seed(args.seed)
-    pair = load_pair("zoo")
+    pair = load_pair(args.pair)
     corpus = load_corpus()
     try:
         check_flags_fit(args, pair, corpus)
@@ -153,7 +156,8 @@ def main(argv=None):
 
     print(f"osd_lab main job: zoo on {pair.device} ({torch.get_num_threads()} threads), target "
           f"{pair.target.num_parameters() / 1e6:.1f}M / draft "
-          f"{pair.draft.num_parameters() / 1e6:.2f}M parameters (draft trained on sql only)\n")
+          f"{pair.draft.num_parameters() / 1e6:.2f}M parameters (draft trained on "
+          f"{'sql only' if args.pair == 'zoo' else 'all four domains'})\n")
     print("| domain | target ppl | draft ppl | target tokens/s | draft tokens/s |\n|---|---:|---:|---:|---:|")
     for d in DOMAINS:
         docs = corpus[d]["heldout"][:n_eval]

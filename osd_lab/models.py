@@ -99,22 +99,31 @@ def _load(path_or_id, dtype, local_files_only, what):
     return model, tokenizer
 
 
-def load_zoo(device=None, dtype=torch.float32) -> ModelPair:
-    """The embedded default: the pair trained by ``python -m osd_lab.zoo.train``."""
+# the zoo's pairs: its target with the draft trained on sql only ("zoo", the one the
+# notebooks teach with), or with the same-shaped draft trained on all four domains
+# ("zoo-all": python -m osd_lab.zoo.train --only draft --draft-domain all
+# --draft-name draft-all; README, "Choosing the default draft")
+ZOO_DRAFTS = {"zoo": "draft", "zoo-all": "draft-all"}
+
+
+def load_zoo(device=None, dtype=torch.float32, name="zoo") -> ModelPair:
+    """The embedded pairs trained by ``python -m osd_lab.zoo.train``: ``name``
+    is a key of ``ZOO_DRAFTS``."""
     if not (ZOO_DIR / "target").is_dir():
         raise FileNotFoundError(f"the zoo is missing at {ZOO_DIR}; rebuild it with "
                                 f"`python -m osd_lab.zoo.train`")
     device = get_device(device)
     tokenizer = AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
     target, draft = (AutoModelForCausalLM.from_pretrained(ZOO_DIR / part, dtype=dtype)
-                     .to(device).eval() for part in ("target", "draft"))
-    return ModelPair(target, draft, tokenizer, "zoo", shared_vocab_size(target, draft, tokenizer))
+                     .to(device).eval() for part in ("target", ZOO_DRAFTS[name]))
+    return ModelPair(target, draft, tokenizer, name, shared_vocab_size(target, draft, tokenizer))
 
 
 def load_pair(name="zoo", device=None, dtype=None, allow_download=False) -> ModelPair:
     """Load a target, its draft and their tokenizer, in eval mode on ``device``.
 
-    name: ``"zoo"`` (the offline default), a key of ``PRESETS``, or a tuple
+    name: ``"zoo"`` (the offline default; ``"zoo-all"``: its target with a
+        draft trained on all four domains), a key of ``PRESETS``, or a tuple
         ``(draft_id_or_path, target_id_or_path)``.
     device: defaults to ``get_device()``: ``OSD_LAB_DEVICE`` if set, else cuda,
         then mps, then cpu.
@@ -122,11 +131,12 @@ def load_pair(name="zoo", device=None, dtype=None, allow_download=False) -> Mode
     allow_download: hub weights are only read from the local cache unless this
         is True, so nothing is downloaded behind a user's back.
     """
-    if name == "zoo":
-        return load_zoo(device, dtype or torch.float32)
+    if isinstance(name, str) and name in ZOO_DRAFTS:
+        return load_zoo(device, dtype or torch.float32, name)
     if isinstance(name, str):
         if name not in PRESETS:
-            raise ValueError(f"unknown pair {name!r}: use 'zoo', one of {sorted(PRESETS)}, "
+            raise ValueError(f"unknown pair {name!r}: use 'zoo', 'zoo-all', one of "
+                             f"{sorted(PRESETS)}, "
                              f"or a (draft, target) tuple of hub ids or paths")
         draft_id, target_id = PRESETS[name]
     else:

@@ -32,6 +32,15 @@ def test_zoo_ships_small():
     assert size <= 60e6
 
 
+def test_zoo_all_is_the_zoo_target_with_the_all_domain_draft(zoo):
+    pair = load_pair("zoo-all", device="cpu")
+    assert pair.name == "zoo-all" and pair.vocab_size == zoo.vocab_size
+    assert pair.draft.config.num_hidden_layers == zoo.draft.config.num_hidden_layers == 1
+    assert all(torch.equal(a, b) for a, b in zip(pair.target.parameters(),
+                                                  zoo.target.parameters()))
+    assert not torch.equal(pair.draft.lm_head.weight, zoo.draft.lm_head.weight)
+
+
 def test_uncached_preset_fails_clearly(monkeypatch):
     monkeypatch.setitem(PRESETS, "absent", ("osd-lab/no-such-draft", "osd-lab/no-such-target"))
     with pytest.raises(OSError, match=r"pair 'absent'.*osd-lab/no-such-draft.*hf download"):

@@ -1,0 +1,43 @@
+"""The zoo's training script: draft shapes, and a run that checkpoints and resumes."""
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from osd_lab.zoo import train
+
+
+def test_draft_shape_gives_the_zoo_draft_and_refuses_odd_widths():
+    assert train.draft_shape(1, 192) == train.DRAFT_SHAPE
+    assert train.draft_shape(2, 288)["num_attention_heads"] == 6
+    with pytest.raises(ValueError, match="--draft-width must be a multiple of 48"):
+        train.draft_shape(1, 200)
+
+
+def test_an_interrupted_run_resumes_where_its_checkpoint_left_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY", 2)
+    stream = torch.randint(0, 64, (400,), generator=torch.Generator().manual_seed(0))
+    settings = dict(steps=5, batch_size=2, seq_len=16, warmup=2, seed=3)
+    whole = tiny_model("llama", seed=0, vocab_size=64)
+    expected = train.train_lm(whole, stream, **settings)
+
+    checkpoint = tmp_path / "run.pt"
+    clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def interrupted(*args, **kwargs):  # the machine stops during step 5
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_lm(tiny_model("llama", seed=0, vocab_size=64), stream, **settings,
+                       checkpoint=checkpoint)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    assert len(torch.load(checkpoint, weights_only=False)["losses"]) == 4
+    resumed = tiny_model("llama", seed=0, vocab_size=64)
+    losses = train.train_lm(resumed, stream, **settings, checkpoint=checkpoint)
+    assert losses == pytest.approx(expected)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
