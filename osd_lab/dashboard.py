@@ -22,7 +22,6 @@ import matplotlib.pyplot as plt
 
 from osd_lab.checks import check_choice, check_float, check_int
 from osd_lab.cost import measure_costs
-from osd_lab.decoding import DEFAULT_DRAFT_LEN
 from osd_lab.divergences import DIVERGENCES
 from osd_lab.evaluation import served_speed
 from osd_lab.online import DEFAULTS as ONLINE
@@ -36,8 +35,9 @@ LIMITS = dict(draft_len=(1, 16), update_interval=(1, 64), temperature=(0.0, 2.0)
               lr=(10.0 ** LR_EXPONENTS[0], 10.0 ** LR_EXPONENTS[1]),  # as FloatLogSlider
               keep_fraction=(0.0, 1.0))  # 0: off (plain distillation)
 CHOICES = dict(loss=DIVERGENCES, stream=STREAMS, draft_len_policy=DRAFT_LEN_POLICIES)
-# the decoder's own defaults (osd_lab.online.DEFAULTS); lr: default_lr of the zoo's draft
-DEFAULTS = dict(draft_len=DEFAULT_DRAFT_LEN[ONLINE["draft_len_policy"]],
+# the decoder's own defaults (osd_lab.online.DEFAULTS), except draft_len: 4 leaves the
+# slider room to move (goodput's own default, 16, is its top); lr: default_lr of the zoo's draft
+DEFAULTS = dict(draft_len=4,
                 update_interval=ONLINE["update_interval"], temperature=0.0, loss=ONLINE["loss"],
                 stream="sharp", queries=60, buffer_size=ONLINE["buffer_size"], lr=1e-3,
                 keep_fraction=0.0, draft_len_policy=ONLINE["draft_len_policy"])
