@@ -63,7 +63,7 @@ class BackgroundTrainer:
 
     update: a bound method; the trainer keeps only a weak reference to its
     object, so deleting the decoder that owns the trainer stops the thread.
-    ``cpu_s`` is the CPU time the thread used, ``busy_s`` its wall time in updates.
+    ``cpu_s`` is the CPU time the thread used.
     """
 
     def __init__(self, update):
@@ -72,7 +72,7 @@ class BackgroundTrainer:
         self._pending = 0  # waiting + running
         self._changed = threading.Condition()
         self._running = threading.Lock()  # held while an update runs
-        self.cpu_s = self.busy_s = 0.0
+        self.cpu_s = 0.0
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="osd-lab-trainer", daemon=True)
         self._thread.start()
@@ -122,10 +122,9 @@ class BackgroundTrainer:
             if update is None:  # the decoder is gone
                 return
             with self._running:
-                cpu, wall = time.thread_time(), time.perf_counter()
+                cpu = time.thread_time()
                 update(name)  # catches its own errors: the thread never dies of one
                 self.cpu_s += time.thread_time() - cpu
-                self.busy_s += time.perf_counter() - wall
             del update  # no strong reference while waiting
             with self._changed:
                 self._pending -= 1
