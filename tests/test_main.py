@@ -30,7 +30,8 @@ def test_main_job_with_background_updates_reports_the_trainers_compute(tmp_path,
 
 def test_the_decoder_the_main_job_and_the_dashboard_share_their_defaults(zoo):
     from osd_lab.__main__ import build_parser
-    from osd_lab.dashboard import DEFAULTS as DASHBOARD
+    from osd_lab.dashboard import DEFAULTS as DASHBOARD, LIMITS
+    from osd_lab.decoding import DEFAULT_DRAFT_LEN
     from osd_lab.distill import default_lr
     from osd_lab.online import DEFAULTS, OnlineSpeculativeDecoder
     signature = inspect.signature(OnlineSpeculativeDecoder).parameters
@@ -39,6 +40,10 @@ def test_the_decoder_the_main_job_and_the_dashboard_share_their_defaults(zoo):
         assert signature[name].default == value, name
         if name != "batch_size":  # the main job's --batch-size: queries served at once
             assert getattr(flags, name) == value, name
+    # the one exception (README): the draft_len slider starts below its top, which
+    # is goodput's own default, so that it has room to move
+    low, high = LIMITS["draft_len"]
+    assert low <= DASHBOARD["draft_len"] < high == DEFAULT_DRAFT_LEN[DEFAULTS["draft_len_policy"]]
     for name in ("update_interval", "loss", "buffer_size", "draft_len_policy"):
         assert DASHBOARD[name] == DEFAULTS[name], name
     assert DASHBOARD["lr"] == default_lr(zoo.draft)  # the slider needs a number
