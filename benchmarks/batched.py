@@ -69,12 +69,13 @@ def run_ours(pair, prompts, tokens, batch_size, now, **kwargs):
         start = now()
         if kwargs:
             out = batched_speculative_generate(pair.target, pair.draft, chunk, tokens,
-                                               vocab_size=pair.vocab_size, **kwargs)
+                                               vocab_size=pair.vocab_size, eos_token_id=None,
+                                               **kwargs)
             steps += out.stats["target_calls"]
             rows += sum(out.stats["batch_sizes"])
             decided += [a for seq in out.stats["sequences"] for a in seq["decided_alpha"]]
         else:
-            out = batched_autoregressive_generate(pair.target, chunk, tokens)
+            out = batched_autoregressive_generate(pair.target, chunk, tokens, eos_token_id=None)
         wall += now() - start
         outputs += [t.tolist() for t in out.tokens]
     stats = dict(tau=len(outputs) * tokens / rows, alpha=sum(decided) / len(decided),
@@ -88,7 +89,8 @@ def run_sequential(pair, prompts, tokens, draft_len, now):
     for ids in prompts:
         start = now()
         out = speculative_generate(pair.target, pair.draft, ids, tokens, draft_len=draft_len,
-                                   draft_len_policy="constant", vocab_size=pair.vocab_size)
+                                   draft_len_policy="constant", vocab_size=pair.vocab_size,
+                                   eos_token_id=None)
         wall += now() - start
         calls += out.stats["target_calls"]
         decided += out.stats["decided_alpha"]
@@ -117,7 +119,7 @@ def benchmark(pair, prompts, args, now):
         "speculative (batched, BASS schedule)": lambda ps, n, b: run_ours(
             pair, ps, n, b, now, draft_len_policy="bass"),
     }
-    reference = [autoregressive_generate(pair.target, p, args.tokens).tokens.tolist()
+    reference = [autoregressive_generate(pair.target, p, args.tokens, eos_token_id=None).tokens.tolist()
                  for p in prompts]
     run_sequential(pair, prompts[:1], 2, gamma, now)  # warm-up
     for b in args.batch_sizes:  # warm up every method at every size

@@ -35,23 +35,24 @@ from osd_lab.zoo.corpus import DOMAINS, load_corpus
 def methods(pair, streaming, medusa, args):
     """name -> (decode one prompt, parameters added to the target)."""
     tokens, tree = args.tokens, dict(tree_nodes=args.tree_nodes, tree_width=args.tree_width)
+    off = dict(eos_token_id=None)  # EOS off: every method makes exactly --tokens tokens
     return {
-        "autoregressive": (lambda ids: autoregressive_generate(pair.target, ids, tokens), 0),
-        "streaming, chain": (lambda ids: streaming_generate(streaming, ids, tokens),
+        "autoregressive": (lambda ids: autoregressive_generate(pair.target, ids, tokens, **off), 0),
+        "streaming, chain": (lambda ids: streaming_generate(streaming, ids, tokens, **off),
                              streaming.extra_parameters()),
         f"streaming, tree of {args.tree_nodes}": (
-            lambda ids: streaming_generate(streaming, ids, tokens, **tree),
+            lambda ids: streaming_generate(streaming, ids, tokens, **tree, **off),
             streaming.extra_parameters()),
-        "Medusa heads, chain": (lambda ids: streaming_generate(medusa, ids, tokens),
+        "Medusa heads, chain": (lambda ids: streaming_generate(medusa, ids, tokens, **off),
                                 medusa.extra_parameters()),
         f"Medusa heads, tree of {args.tree_nodes}": (
-            lambda ids: streaming_generate(medusa, ids, tokens, **tree),
+            lambda ids: streaming_generate(medusa, ids, tokens, **tree, **off),
             medusa.extra_parameters()),
         f"draft model (gamma={args.draft_len})": (
             lambda ids: speculative_generate(pair.target, pair.draft, ids, tokens,
                                              draft_len=args.draft_len,
                                              draft_len_policy="constant",
-                                             vocab_size=pair.vocab_size),
+                                             vocab_size=pair.vocab_size, **off),
             pair.draft.num_parameters()),
     }
 

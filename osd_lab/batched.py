@@ -34,8 +34,8 @@ from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, keep_rows, new_cache, rollback
 from osd_lab.checks import check_choice, check_generator, check_int
-from osd_lab.decoding import check_pair, check_prompt
-from osd_lab.models import context_length
+from osd_lab.decoding import MODEL_EOS, check_eos, check_pair, check_prompt, first_eos
+from osd_lab.models import context_length, output_vocab_size
 from osd_lab.policies import next_draft_len
 from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
 from osd_lab.timing import clock
@@ -158,7 +158,8 @@ class PaddedCache:
 @torch.inference_mode()
 def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tokens: int,
                                     temperature: float = 0.0, top_k: int = 0,
-                                    top_p: float = 1.0, eos_token_id: int | None = None,
+                                    top_p: float = 1.0,
+                                    eos_token_id: int | list | str | None = MODEL_EOS,
                                     generator: torch.Generator | None = None
                                     ) -> BatchGenerationOutput:
     """Decode B prompts together, one forward pass over the batch per token.
@@ -171,6 +172,7 @@ def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tok
     prompts = check_prompts([model], prompts, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     check_generator(generator, model.device)
+    eos_ids = check_eos(eos_token_id, output_vocab_size(model), model.device, model)
     start = clock(model.device)
     ids, mask = left_pad(prompts)  # (B, T)
     state = PaddedCache(model, len(prompts))
@@ -187,7 +189,7 @@ def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tok
         for i, row in enumerate(rows.tolist()):
             new_tokens[row].append(tokens[i])
             done.append(len(new_tokens[row]) == max_new_tokens
-                        or (eos_token_id is not None and tokens[i].item() == eos_token_id))
+                        or first_eos(tokens[i:i + 1], eos_ids) is not None)
         keep = torch.tensor([not d for d in done], device=model.device)
         step_ids, step_mask = tokens[:, None], torch.ones_like(tokens[:, None])
         if not keep.all():  # finished rows leave the batch and the cache
@@ -209,7 +211,7 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
                                  max_new_tokens: int, draft_len: int | None = None,
                                  draft_len_policy: str = "constant", temperature: float = 0.0,
                                  top_k: int = 0, top_p: float = 1.0,
-                                 eos_token_id: int | None = None,
+                                 eos_token_id: int | list | str | None = MODEL_EOS,
                                  generator: torch.Generator | None = None,
                                  vocab_size: int | None = None,
                                  record_target_logits: bool = False) -> BatchGenerationOutput:
@@ -247,6 +249,7 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
     prompts = check_prompts([target, draft], prompts, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     check_generator(generator, target.device, "the models are")
+    eos_ids = check_eos(eos_token_id, vocab_size, target.device, target)
 
     def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
         return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)
@@ -327,8 +330,7 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
             n, seq = int(accepted[i]), seqs[row]
             step_tokens = torch.cat([drafted[i, :n], next_token[i:i + 1]])  # (n + 1,)
             left = max_new_tokens - int(num_new[i])
-            hits = (step_tokens == eos_token_id).nonzero() if eos_token_id is not None else []
-            eos_at = int(hits[0]) if len(hits) else None
+            eos_at = first_eos(step_tokens, eos_ids)
             kept = min(left, n + 1 if eos_at is None else eos_at + 1)
             seq["tokens"].append(step_tokens[:kept])
             seq["accepted"].append(n)

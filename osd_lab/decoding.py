@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 from osd_lab.cache import forward, new_cache, rollback
-from osd_lab.checks import check_choice, check_generator, check_int, check_token_ids
+from osd_lab.checks import (ArgumentError, check_choice, check_generator, check_int,
+                            check_token_ids)
 from osd_lab.cost import MAX_DRAFT_LEN, SpeculationCosts, measure_costs
 from osd_lab.models import context_length, output_vocab_size
 from osd_lab.policies import (DEFAULT_DRAFT_LEN_POLICY, DRAFT_LEN_POLICIES, PROBE_LEN,
@@ -56,9 +57,26 @@ def check_prompt(model: PreTrainedModel, input_ids, max_new_tokens: int) -> torc
     return input_ids.to(model.device)
 
 
-def check_eos(eos_token_id, vocab_size: int, device: torch.device) -> torch.Tensor | None:
+MODEL_EOS = "model"  # the default eos_token_id: the model's generation config
+
+
+def check_eos(eos_token_id, vocab_size: int, device: torch.device,
+              model: PreTrainedModel | None = None) -> torch.Tensor | None:
     """Validate ``eos_token_id``: an id, a list of ids (as generation configs
-    give), or None. Returns the ids as a 1-D tensor on ``device``, or None."""
+    give), None (never stop early), or ``"model"`` (``MODEL_EOS``, every
+    decoder's and alpha function's default): ``model``'s
+    ``generation_config.eos_token_id``. Returns the ids as a 1-D tensor on
+    ``device``, or None."""
+    if isinstance(eos_token_id, str) and eos_token_id == MODEL_EOS:
+        config = getattr(model, "generation_config", None)
+        model_eos = getattr(config, "eos_token_id", None)
+        try:
+            return check_eos(model_eos, vocab_size, device)
+        except ValueError as err:
+            raise ArgumentError(f"eos_token_id={MODEL_EOS!r} reads the model's "
+                                f"generation_config.eos_token_id, {model_eos!r}, which is not "
+                                f"a token id in [0, {vocab_size}): pass eos_token_id (an id, "
+                                f"a list of ids, or None to never stop early)") from err
     if eos_token_id is None:
         return None
     if isinstance(eos_token_id, torch.Tensor):
@@ -66,8 +84,10 @@ def check_eos(eos_token_id, vocab_size: int, device: torch.device) -> torch.Tens
     ids = list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
     if not ids or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
                           and 0 <= i < vocab_size for i in ids):
-        raise ValueError(f"eos_token_id must be a token id in [0, {vocab_size}) or a "
-                         f"non-empty list of them, got {eos_token_id!r}")
+        raise ArgumentError(f"eos_token_id must be a token id in [0, {vocab_size}), a "
+                            f"non-empty list of them, None (never stop early) or "
+                            f"{MODEL_EOS!r} (the model's generation config), got "
+                            f"{eos_token_id!r}")
     return torch.tensor([int(i) for i in ids], device=device)
 
 
@@ -82,7 +102,7 @@ def first_eos(tokens: torch.Tensor, eos_ids: torch.Tensor | None) -> int | None:
 @torch.inference_mode()
 def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: int,
                             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                            eos_token_id: int | None = None,
+                            eos_token_id: int | list | str | None = MODEL_EOS,
                             generator: torch.Generator | None = None,
                             use_cache: bool = True) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens, one forward pass each.
@@ -91,7 +111,8 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     temperature, top_k, top_p: see ``logits_to_probs``; temperature 0 is greedy
         and then equals ``model.generate(do_sample=False)`` token for token.
     eos_token_id: stop after this token, or after any of a list of them (it
-        is included in the output).
+        is included in the output); default: the model's generation config
+        (``"model"``); None never stops early.
     generator: a ``torch.Generator`` on the model's device, for reproducible sampling.
     use_cache: keep a KV cache (the default); False re-runs the whole sequence
         at every step, to show what the cache saves.
@@ -101,7 +122,7 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     """
     input_ids = check_prompt(model, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
-    eos_ids = check_eos(eos_token_id, output_vocab_size(model), model.device)
+    eos_ids = check_eos(eos_token_id, output_vocab_size(model), model.device, model)
     check_generator(generator, model.device)
     check_choice("use_cache", use_cache, (True, False))
     start = clock(model.device)
@@ -186,7 +207,7 @@ def make_policy(target, draft, draft_len_policy, draft_len, costs):
 def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_ids,
                          max_new_tokens: int, draft_len: int | None = None,
                          temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                         eos_token_id: int | None = None,
+                         eos_token_id: int | list | str | None = MODEL_EOS,
                          generator: torch.Generator | None = None,
                          draft_len_policy: str | GoodputPolicy = DEFAULT_DRAFT_LEN_POLICY,
                          stop_rule: str | None = "auto", stop_threshold: float | None = None,
@@ -218,7 +239,8 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     temperature, top_k, top_p: applied to both models' logits; temperature 0 is
         greedy, and the output then equals greedy ``autoregressive_generate``.
     eos_token_id: stop after this token (or any of a list of them), inclusive;
-        the statistics stop there too.
+        the statistics stop there too. Default ``"model"``: the target's
+        generation config; None never stops early.
     vocab_size: compare logits on ids ``[0, vocab_size)``, for pairs that pad
         their vocabularies differently (default: both must be equal).
     record_target_logits: also return ``stats["target_logits"]`` ``(N, V)``,
@@ -242,7 +264,7 @@ def speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, input_
     check_sampling_args(temperature, top_k, top_p)
     check_generator(generator, target.device)
     vocab_size = check_pair(target, draft, vocab_size)
-    eos_ids = check_eos(eos_token_id, vocab_size, target.device)
+    eos_ids = check_eos(eos_token_id, vocab_size, target.device, target)
     check_choice("record_target_logits", record_target_logits, (True, False))
     stop_rule, stop_threshold = check_stop_rule(stop_rule, stop_threshold, draft_len_policy)
     policy, draft_len = make_policy(target, draft, draft_len_policy, draft_len, costs)

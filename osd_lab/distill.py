@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from osd_lab.cache import keeps_logits
 from osd_lab.checks import (ArgumentError, check_choice, check_float, check_int,
                             check_prompt_list, check_seed, finite_spread)
-from osd_lab.decoding import autoregressive_generate
+from osd_lab.decoding import MODEL_EOS, autoregressive_generate
 from osd_lab.divergences import (DIVERGENCES, CompactDistribution, forward_kl, masked_mean,
                                  token_divergence)
 from osd_lab.evaluation import acceptance_rate
@@ -44,9 +44,10 @@ DATA_SOURCES = ("fixed", "target", "draft", "mixed")
 # data: token sequences and the mask of positions that count
 
 def continue_prompt(model, prompt, max_new_tokens, temperature, generator=None):
-    """The prompt ``(T,)`` followed by ``model``'s continuation, as ``(T + N,)``."""
+    """The prompt ``(T,)`` followed by ``model``'s continuation of ``max_new_tokens``
+    tokens, as ``(T + N,)`` (not stopped at end-of-text: training data of one length)."""
     out = autoregressive_generate(model, prompt, max_new_tokens, temperature=temperature,
-                                  generator=generator)
+                                  eos_token_id=None, generator=generator)
     return torch.cat([prompt.to(out.tokens.device), out.tokens])
 
 
@@ -329,7 +330,7 @@ def select_tokens(draft_loss, reference_loss, mask, keep_fraction):
 def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3,
             batch_size=8, max_new_tokens=32, temperature=1.0, mix_ratio=0.5,
             reference=None, keep_fraction=0.4, vocab_size=None, eval_prompts=None,
-            eval_every=20, eos_token_id=None, seed=0, target_cache=None, progress=True):
+            eval_every=20, eos_token_id=MODEL_EOS, seed=0, target_cache=None, progress=True):
     """Distil ``draft`` towards ``target`` in place; returns a history dict.
 
     prompts: list of 1-D token-id tensors (for data="fixed", whole texts);

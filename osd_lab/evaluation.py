@@ -19,16 +19,17 @@ Used by the main job, the benchmarks, the dashboard and notebooks 04-07.
 import torch
 
 from osd_lab.checks import check_float, check_int, check_prompt_list, check_seed
-from osd_lab.decoding import speculative_generate
+from osd_lab.decoding import MODEL_EOS, speculative_generate
 
 
 def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0, max_new_tokens=32,
-                    eos_token_id=None, vocab_size=None, seed=0):
+                    eos_token_id=MODEL_EOS, vocab_size=None, seed=0):
     """Exact alpha and tau (tokens per target call) of speculative decoding over
     ``prompts`` (each ``(T,)`` or ``(1, T)`` token ids), with a constant
     ``draft_len``, decoding each prompt until ``eos_token_id`` or
     ``max_new_tokens``: what comes after the end of a document is not the
-    document's domain. alpha is the mean of sum_v min(p, q) over the drafted
+    document's domain (default ``"model"``: the target's generation config;
+    None measures past it). alpha is the mean of sum_v min(p, q) over the drafted
     positions that verification decided (the accepted ones and the first
     rejected one of each step); positions after a rejection sit on a prefix
     that is thrown away. max_new_tokens must be >= 2: with 1, nothing is drafted.

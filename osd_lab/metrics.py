@@ -14,7 +14,7 @@ import math
 import torch
 
 from osd_lab.checks import ArgumentError, check_int
-from osd_lab.decoding import autoregressive_generate, check_prompt
+from osd_lab.decoding import MODEL_EOS, autoregressive_generate, check_prompt
 from osd_lab.models import context_length
 from osd_lab.sampling import logits_to_probs
 from osd_lab.verify import overlap
@@ -50,13 +50,14 @@ def perplexity(model, tokenizer, texts, max_len: int = 256) -> float:
 @torch.inference_mode()
 def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
                             temperature: float = 1.0, vocab_size: int | None = None,
-                            eos_token_id=None) -> dict:
+                            eos_token_id=MODEL_EOS) -> dict:
     """Alpha and greedy agreement along the target's greedy continuation of a prompt.
 
     input_ids: ``(1, T)`` or ``(T,)`` prompt. The target continues it greedily for
     ``num_tokens`` tokens, or until ``eos_token_id`` (included: what comes
     after the end of a document is another document, maybe of another
-    domain); both models then score the whole sequence in one
+    domain; default ``"model"``, the target's generation config; None
+    measures past it); both models then score the whole sequence in one
     pass, and at each continuation position we compare their distributions
     (processed at ``temperature``) on the first ``vocab_size`` ids.
     Returns ``{"alpha": (N,), "agree": (N,) bool}`` tensors.

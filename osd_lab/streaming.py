@@ -34,7 +34,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 
 from osd_lab.cache import cached_keys_values, forward, new_cache, rollback
 from osd_lab.checks import check_generator, check_int
-from osd_lab.decoding import GenerationOutput, check_prompt
+from osd_lab.decoding import MODEL_EOS, GenerationOutput, check_eos, check_prompt, first_eos
 from osd_lab.timing import clock
 from osd_lab.models import ZOO_DIR
 from osd_lab.sampling import check_sampling_args, get_device, logits_to_probs, sample
@@ -375,7 +375,8 @@ def follow_target(parents: torch.Tensor, tokens: torch.Tensor, target_choice: to
 
 @torch.inference_mode()
 def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0,
-                       top_k: int = 0, top_p: float = 1.0, eos_token_id: int | None = None,
+                       top_k: int = 0, top_p: float = 1.0,
+                       eos_token_id: int | list | str | None = MODEL_EOS,
                        generator: torch.Generator | None = None, draft_len: int | None = None,
                        tree_nodes: int | None = None, tree_width: int = 2) -> GenerationOutput:
     """Decode with a model that drafts for itself; lossless as ``speculative_generate``.
@@ -400,6 +401,8 @@ def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float
     input_ids = check_prompt(model.base, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     check_generator(generator, model.base.device)
+    eos_ids = check_eos(eos_token_id, model.base.config.vocab_size, model.base.device,
+                        model.base)
     if draft_len is None:
         draft_len = model.gamma
     check_int("draft_len", draft_len, 1, model.gamma)
@@ -488,9 +491,13 @@ def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float
             drafted, parents, depths = (t.to(model.device) for t in
                                         draft_tree(stream_logits, tree_width, tree_nodes))
         # 6. stop at EOS (inclusive) or at max_new_tokens
-        if eos_token_id is not None and (step_tokens == eos_token_id).any():
-            first_eos = int((step_tokens == eos_token_id).nonzero()[0])
-            new_tokens.append(step_tokens[:first_eos + 1])
+        eos_at = first_eos(step_tokens, eos_ids)
+        if eos_at is not None:
+            new_tokens.append(step_tokens[:eos_at + 1])
+            if eos_at < n:  # EOS was an accepted draft: what follows it never happened
+                stats["accepted"][-1] = eos_at + 1
+                decided = stats["decided_alpha"]  # this pass added min(n + 1, G) to it
+                del decided[len(decided) - min(n + 1, len(chain)) + eos_at + 1:]
             break
         new_tokens.append(step_tokens)
         num_new += n + 1

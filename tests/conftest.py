@@ -91,7 +91,10 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = TINY_VOCAB, layers: i
     """A random-initialised causal LM small enough to run in milliseconds.
 
     The weights are drawn on the CPU in float32, then moved: the same model on
-    every device.
+    every device. Its generation config names no EOS, so the decoders' default
+    (``eos_token_id="model"``) decodes every token asked for: random text
+    would end at random places. Tests of stopping pass ``eos_token_id`` or set
+    ``model.generation_config.eos_token_id``.
     """
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1,
@@ -118,6 +121,7 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = TINY_VOCAB, layers: i
     # sharpen the random logits so greedy choices are not near-ties
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)
+    model.generation_config.eos_token_id = None
     return model.to(device, dtype).eval()
 
 

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from conftest import noisy_copy, tiny_model
+from test_streaming import tiny_streaming
+from osd_lab.batched import batched_autoregressive_generate, batched_speculative_generate
 from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.evaluation import acceptance_rate
+from osd_lab.metrics import acceptance_along_greedy
+from osd_lab.streaming import streaming_generate
 
 PROMPT = torch.tensor([[0, 11, 12]])
 
@@ -58,6 +63,60 @@ def test_eos_token_id_may_be_a_list():
         spec = speculative_generate(target, noisy_copy(target, 0.3), PROMPT, 20,
                                     eos_token_id=eos_ids)
         assert ar.tokens.tolist() == spec.tokens.tolist() == full[:at + 1]
+
+
+@pytest.mark.exactness
+@pytest.mark.parametrize("as_list", [False, True])
+def test_every_decoder_and_alpha_function_stops_at_the_models_eos_by_default(as_list):
+    """eos_token_id defaults to "model": the generation config's id (or ids);
+    None decodes past it."""
+    target = tiny_model("qwen2")
+    draft = noisy_copy(target, 0.3)
+    full = autoregressive_generate(target, PROMPT, 20).tokens.tolist()
+    at, eos = first_new_token_at(full, 5)
+    target.generation_config.eos_token_id = [95, eos] if as_list and eos != 95 else eos
+    expected = full[:at + 1]
+    assert autoregressive_generate(target, PROMPT, 20).tokens.tolist() == expected
+    assert speculative_generate(target, draft, PROMPT, 20).tokens.tolist() == expected
+    assert batched_autoregressive_generate(target, [PROMPT[0]], 20).tokens[0].tolist() == expected
+    assert batched_speculative_generate(target, draft, [PROMPT[0]], 20).tokens[0].tolist() == expected
+    assert len(acceptance_along_greedy(target, draft, PROMPT, 20)["alpha"]) == at + 1
+    stopped = acceptance_rate(target, draft, [PROMPT], max_new_tokens=20)
+    past = acceptance_rate(target, draft, [PROMPT], max_new_tokens=20, eos_token_id=None)
+    assert stopped["alpha"] != past["alpha"]
+    assert len(autoregressive_generate(target, PROMPT, 20, eos_token_id=None).tokens) == 20
+    streaming = tiny_streaming()
+    base_full = autoregressive_generate(streaming.base, PROMPT, 20).tokens.tolist()
+    at, eos = first_new_token_at(base_full, 5)
+    streaming.base.generation_config.eos_token_id = eos
+    assert streaming_generate(streaming, PROMPT, 20).tokens.tolist() == base_full[:at + 1]
+
+
+def test_a_models_eos_outside_the_vocabulary_is_a_clear_error():
+    target = tiny_model("llama")
+    target.generation_config.eos_token_id = 50256  # e.g. GPT-2's, on a 96-token model
+    for call in (lambda: autoregressive_generate(target, PROMPT, 5),
+                 lambda: speculative_generate(target, target, PROMPT, 5)):
+        with pytest.raises(ValueError, match=r"eos_token_id='model' reads the model's "
+                                             r"generation_config.eos_token_id, 50256"):
+            call()
+
+
+@pytest.mark.exactness
+def test_streaming_stats_are_trimmed_at_eos():
+    model = tiny_streaming()
+    full = autoregressive_generate(model.base, PROMPT, 30).tokens.tolist()
+    for index in range(1, 12):
+        at, eos = first_new_token_at(full, index)
+        for tree_nodes in (None, 4):
+            out = streaming_generate(model, PROMPT, 30, eos_token_id=eos, tree_nodes=tree_nodes)
+            s = out.stats
+            assert out.tokens.tolist() == full[:at + 1]
+            # each pass makes one token of its own beyond the drafts it accepted
+            # (the last one none, when EOS was an accepted draft)
+            own = len(out.tokens) - sum(s["accepted"])
+            assert own in (s["forward_passes"] - 1, s["forward_passes"])
+            assert len(s["decided_alpha"]) <= len(out.tokens)
 
 
 @pytest.mark.parametrize("eos", [-1, 96, 2.0, True, [], [3, 1000], "1"])
