@@ -68,11 +68,15 @@ def test_goodput_switches_a_useless_draft_off_and_drafts_deep_with_a_perfect_one
 def test_goodput_policy_follows_alpha_and_costs():
     policy = GoodputPolicy(FLAT, alpha=0.9, max_draft_len=12)
     deep = policy.next_draft_len()
-    policy.observe([0.0] * 30)  # the draft stopped matching
+    policy.observe([0.0] * 40)  # the draft stopped matching
     assert policy.alpha < 0.01 and deep >= 4
     lens = [policy.next_draft_len() for _ in range(60)]
     ones = [i for i, n in enumerate(lens) if n]
-    assert ones == [7, 23, 55] and set(lens) == {0, 1}  # probes after 8, 16, 32 plain steps
+    # the first probe RESUME_GAP (2) steps after drafting stopped, then after 4, 8, 16 plain steps
+    assert ones == [1, 5, 13, 29] and set(lens) == {0, 1}
+    fresh = GoodputPolicy(FLAT, alpha=0.0)  # never drafted: probes at once, then waits 16, 32
+    lens = [fresh.next_draft_len() for _ in range(60)]
+    assert [i for i, n in enumerate(lens) if n] == [0, 16, 48]
     costly = GoodputPolicy(SpeculationCosts(0.9, (1.0, 2.0, 3.0)), alpha=0.7)
     assert costly.next_draft_len() == 0  # a draft as slow as the target never pays...
     assert not any(costly.next_draft_len() for _ in range(100))  # ... so it never probes
