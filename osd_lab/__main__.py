@@ -162,7 +162,8 @@ def main(argv=None):
     for d in DOMAINS:
         docs = corpus[d]["heldout"][:n_eval]
         rates = [autoregressive_generate(m, eval_prompts[d][0], args.max_new_tokens,
-                                         eos_token_id=None).stats["tokens_per_s"] for m in (pair.target, pair.draft)]
+                                         eos_token_id=None).stats["tokens_per_s"]
+                 for m in (pair.target, pair.draft)]
         print(f"| {d} | {perplexity(pair.target, pair.tokenizer, docs):.2f} | "
               f"{perplexity(pair.draft, pair.tokenizer, docs):.2f} | {rates[0]:.0f} | {rates[1]:.0f} |")
     policy = decoder.policies["draft"][0]

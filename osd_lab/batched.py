@@ -185,11 +185,12 @@ def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tok
         passes += 1
         tokens = sample(logits_to_probs(logits, temperature, top_k, top_p), generator,
                         validate=False)  # (b,)
+        at_eos = (torch.isin(tokens, eos_ids).tolist() if eos_ids is not None
+                  else [False] * len(tokens))  # one device sync for the batch
         done = []
         for i, row in enumerate(rows.tolist()):
             new_tokens[row].append(tokens[i])
-            done.append(len(new_tokens[row]) == max_new_tokens
-                        or first_eos(tokens[i:i + 1], eos_ids) is not None)
+            done.append(len(new_tokens[row]) == max_new_tokens or at_eos[i])
         keep = torch.tensor([not d for d in done], device=model.device)
         step_ids, step_mask = tokens[:, None], torch.ones_like(tokens[:, None])
         if not keep.all():  # finished rows leave the batch and the cache
