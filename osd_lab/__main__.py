@@ -29,26 +29,29 @@ from osd_lab.divergences import DIVERGENCES  # noqa: E402
 from osd_lab.evaluation import alpha_by_domain, served_speed, speed_by_block  # noqa: E402
 from osd_lab.metrics import perplexity  # noqa: E402
 from osd_lab.models import context_length, load_pair  # noqa: E402
-from osd_lab.online import (DEFAULTS, STREAMS, UPDATE_MODES,  # noqa: E402
+from osd_lab.online import (DEFAULTS, ONLINE_PAIR, STREAMS, UPDATE_MODES,  # noqa: E402
                             OnlineSpeculativeDecoder, make_stream)
 from osd_lab.plots import plot_alpha, plot_speed  # noqa: E402
 from osd_lab.policies import DRAFT_LEN_POLICIES  # noqa: E402
 from osd_lab.sampling import set_seed  # noqa: E402
 from osd_lab.zoo.corpus import DOMAINS, load_corpus  # noqa: E402
 
-STREAM_ORDER = ("sql", "math", "code", "prose")  # the draft's own domain first
+STREAM_ORDER = ("sql", "math", "code", "prose")  # sql first: the sql-only draft's own domain
 LAST_FRACTION = 1 / 3  # "late in a block": after the draft has had time to adapt
+# 4 blocks of 90: each domain is learned and then served for a while, as traffic that
+# stays on a topic is, and the job still fits in about 5 minutes on 2 CPU cores
+QUERIES = 360
 MAX_QUERIES = 10_000  # about an hour on a laptop CPU; more is surely a typo
 STOP_RULES = ("auto", "none", "confidence", "entropy")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m osd_lab", description=__doc__.splitlines()[0])
-    parser.add_argument("--pair", choices=("zoo", "zoo-all"), default="zoo",
-                        help="zoo: the draft trained on sql only; zoo-all: the draft "
-                             "trained on all four domains")
+    parser.add_argument("--pair", choices=("zoo-all", "zoo"), default=ONLINE_PAIR,
+                        help="zoo-all: the draft trained on all four domains; zoo: the "
+                             "draft trained on sql only")
     parser.add_argument("--stream", choices=STREAMS, default="sharp")
-    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=QUERIES)
     # defaults: OnlineSpeculativeDecoder's, from one place (osd_lab.online.DEFAULTS)
     parser.add_argument("--draft-len-policy", choices=DRAFT_LEN_POLICIES,
                         default=DEFAULTS["draft_len_policy"])
@@ -61,7 +64,8 @@ def build_parser():
     parser.add_argument("--update-interval", type=int, default=DEFAULTS["update_interval"])
     parser.add_argument("--update-mode", choices=UPDATE_MODES, default=DEFAULTS["update_mode"],
                         help="sync: updates on the serving path; background: in a thread "
-                             "on half the threads while serving goes on")
+                             "on half the threads while serving goes on; auto: background "
+                             "with 2 threads or more")
     parser.add_argument("--buffer-size", type=int, default=DEFAULTS["buffer_size"])
     parser.add_argument("--loss", choices=DIVERGENCES, default=DEFAULTS["loss"])
     parser.add_argument("--lr", type=float, default=DEFAULTS["lr"],
@@ -193,7 +197,7 @@ def main(argv=None):
     after = alphas()
 
     h = decoder.history
-    mode = args.update_mode
+    mode = decoder.update_mode
     if mode == "background":  # what the trainer took: the cores, not serving time
         mode += (f" (trainer: {decoder.trainer_cpu_s:.1f} s of CPU time, "
                  f"{decoder.trainer_cpu_s / serving_s:.0%} of the serving wall time; while it "

@@ -40,6 +40,16 @@ def check_threads(threads, update_mode: str) -> int:
     return threads
 
 
+def resolve_update_mode(update_mode: str, threads) -> str:
+    """``"auto"`` (the decoder's default): ``"background"`` when the decoder has
+    at least 2 threads (``threads``; None: torch's current count), else
+    ``"sync"``; any other mode is returned as it is."""
+    if update_mode != "auto":
+        return update_mode
+    threads = torch.get_num_threads() if threads is None else threads
+    return "background" if isinstance(threads, int) and threads >= 2 else "sync"
+
+
 def split_threads(threads: int, trainer_busy: bool) -> int:
     """Torch threads for serving (and, while it is busy, for the trainer)."""
     return threads // 2 if trainer_busy else threads

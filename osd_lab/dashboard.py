@@ -192,4 +192,5 @@ class Dashboard:
             if i % self.redraw_every == 0 or i == len(stream):
                 self.status.value = status_line(decoder.history, i, len(stream))
                 self.plot.value = render_png(decoder.history, title, window)
+        decoder.close()  # background updates: the last ones finish, their thread stops
         return decoder

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from osd_lab.background import BackgroundTrainer, check_threads, split_threads, torch_threads
+from osd_lab.background import (BackgroundTrainer, check_threads, resolve_update_mode,
+                                split_threads, torch_threads)
 from osd_lab.batched import (BATCH_DRAFT_LEN_POLICIES, batched_autoregressive_generate,
                              batched_speculative_generate)
 from osd_lab.checks import (ArgumentError, check_choice, check_float, check_int, check_seed,
@@ -42,7 +43,7 @@ from osd_lab.policies import (DEFAULT_DRAFT_LEN_POLICY, GoodputPolicy, check_sto
 from osd_lab.timing import clock
 
 STREAMS = ("sharp", "smooth", "iid")
-UPDATE_MODES = ("sync", "background")
+UPDATE_MODES = ("auto", "sync", "background")
 # The online decoder's defaults, in one place: OnlineSpeculativeDecoder's
 # signature, the main job's flags (osd_lab.__main__) and the dashboard's
 # sliders (osd_lab.dashboard) read them. draft_len None: the policy's
@@ -50,7 +51,11 @@ UPDATE_MODES = ("sync", "background")
 # confidence rule with goodput; lr None: distill.default_lr by the draft's size.
 DEFAULTS = dict(draft_len_policy=DEFAULT_DRAFT_LEN_POLICY, draft_len=None, stop_rule="auto",
                 update_interval=4, buffer_size=128, loss="fkl", lr=None, batch_size=8,
-                max_new_tokens=32, update_mode="sync")
+                max_new_tokens=32, update_mode="auto")
+# the pair the online decoder is shown with (main job, dashboard notebook, notebook 06):
+# the zoo target with its draft trained on all four domains (README, "Choosing the
+# default draft"); the sql-only "zoo" draft stays for the lessons on weak drafts and routing
+ONLINE_PAIR = "zoo-all"
 ALPHA_SMOOTHING = 0.05  # weight of each decided position in a draft's running alpha
 # lora_rank="auto": LoRA adapters of rank LORA_RANK for a draft of over LORA_ABOVE
 # parameters (a 0.5B/1.5B Qwen pair in float32: 10.1-10.6 GiB peak instead of 15.5-15.9
@@ -250,8 +255,8 @@ class OnlineSpeculativeDecoder:
     ``(query_index, draft, loss, batch)`` and ``skipped`` updates as
     ``(query_index, draft)``.
 
-    update_mode: "sync" (the default) runs each update on the serving path,
-    after the query that made it due; "background" runs it in a thread
+    update_mode: "sync" runs each update on the serving path, after the
+    query that made it due; "background" runs it in a thread
     (``osd_lab.background``) on a private copy of the draft while later
     queries are served, and copies the new weights into the serving draft
     between queries (``history["swaps"]``: ``(query_index, draft)``). Its
@@ -261,7 +266,10 @@ class OnlineSpeculativeDecoder:
     error)``; serving goes on with the last good weights and the buffer
     keeps every query. Call ``close()`` (or use ``with``) to finish the
     updates, swap in their weights and stop the thread. The trainer's copy
-    holds a second set of each draft's weights in memory.
+    holds a second set of each draft's weights in memory. "auto" (the
+    default) is "background" with 2 threads or more, else "sync": off the
+    serving path was measured faster (README, "Online speculative decoding");
+    ``update_mode`` holds the mode chosen.
     threads: the CPU threads this decoder may use (default: torch's current
     count); the baseline always decodes with all of them.
     """
@@ -280,7 +288,8 @@ class OnlineSpeculativeDecoder:
             check_int(name, value, low=1)
         check_choice("baseline", baseline, (True, False))
         check_choice("update_mode", update_mode, UPDATE_MODES)
-        self.threads = check_threads(threads, update_mode)
+        update_mode = resolve_update_mode(update_mode, threads)
+        self.threads, self.update_mode = check_threads(threads, update_mode), update_mode
         if update_below_alpha is not None:
             check_float("update_below_alpha", update_below_alpha, 0, 1, low_open=True)
         check_choice("loss", loss, DIVERGENCES)
@@ -394,6 +403,13 @@ class OnlineSpeculativeDecoder:
                 for p, w in zip(serving, weights):
                     p.copy_(w)
             self.history["swaps"].append((len(self.history["domain"]), name))
+            self._draft_changed(name)
+
+    def _draft_changed(self, name):
+        """New weights serve as draft ``name``: its goodput policy probes again soon."""
+        policy = self.policies[name][0]
+        if isinstance(policy, GoodputPolicy):
+            policy.draft_changed()
 
     def close(self):
         """Finish the background updates, swap in their weights and stop the
@@ -469,7 +485,8 @@ class OnlineSpeculativeDecoder:
                 if self.fresh[name] and not matches:  # else the update would buy nothing
                     if self.trainer is None:
                         with torch_threads(self.threads):
-                            self.update(name)
+                            if self.update(name):
+                                self._draft_changed(name)
                     else:
                         self.trainer.submit(name)
                     self.fresh[name] = 0

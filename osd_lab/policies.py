@@ -149,6 +149,15 @@ class GoodputPolicy:
         self.probe_gap = min(2 * self.probe_gap, MAX_PROBE_GAP)
         return 1  # a probe: one token, to measure alpha
 
+    def draft_changed(self) -> None:
+        """The draft's weights changed (an online update): what the probes
+        measured was another draft's, so a switched-off draft is probed again
+        ``RESUME_GAP`` steps on instead of after a backed-off wait. (Online, a
+        draft switched off on a new domain learns it while it is off; with the
+        wait doubled to ``MAX_PROBE_GAP`` steps, the probes found out late or
+        not at all.)"""
+        self.probe_gap = min(RESUME_GAP, self.probe_every)
+
     def observe(self, alphas) -> None:
         """Fold in the exact alphas of the positions verification decided: a
         running mean in which the starting alpha counts as one observation,

@@ -24,6 +24,14 @@ from osd_lab.sampling import logits_to_probs
 # Tiny models gain nothing from threads, and extra threads fight the notebook kernels.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts on one thread, whatever the test before it set (the
+    main job sets ``--threads``); the online decoder's "auto" update mode reads it."""
+    torch.set_num_threads(1)
+    yield
+
 TINY_VOCAB = 96
 ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "qwen2")
 

@@ -34,6 +34,15 @@ def fingerprint(model) -> float:
     return sum(p.double().sum().item() for p in model.parameters())
 
 
+def test_auto_mode_is_background_with_two_threads_and_sync_with_one(pair, tokenizer):
+    target, draft = pair
+    settings = dict(draft_len_policy="constant", max_new_tokens=10)
+    with OnlineSpeculativeDecoder(target, draft, tokenizer, threads=2, **settings) as two:
+        assert two.update_mode == "background" and two.trainer is not None
+    one = OnlineSpeculativeDecoder(target, draft, tokenizer, threads=1, **settings)
+    assert one.update_mode == "sync" and one.trainer is None
+
+
 @pytest.mark.exactness
 def test_greedy_output_is_the_targets_while_weights_swap_in(pair, tokenizer):
     target, draft = pair

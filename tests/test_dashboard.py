@@ -145,6 +145,14 @@ def test_moving_window_stays_inside_a_domain_block():
     assert moving_window("smooth", ["sql"] * 5) == 5
 
 
+def test_moving_averages_restart_at_each_block_of_a_sharp_stream():
+    from osd_lab.plots import block_moving_average
+    values, domains = [1.0, 1.0, 1.0, 0.0, 0.0], ["sql"] * 3 + ["math"] * 2
+    assert block_moving_average(values, domains, 3) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    iid = ["sql", "math"] * 10  # shifts at every query: one plain moving average
+    assert block_moving_average([1.0, 0.0] * 10, iid, 2)[1:3] == [0.5, 0.5]
+
+
 def test_status_skips_queries_that_drafted_nothing():
     history = dict(domain=["sql"] * 3, alpha=[0.5, math.nan, 0.7], new_tokens=[8, 8, 8],
                    latency_s=[0.1, 0.1, 0.1], update_s=[0.0, 0.1, 0.0],

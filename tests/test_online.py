@@ -80,6 +80,20 @@ def test_adaspec_updates_draft_and_reference_on_fewer_tokens(pair, tokenizer, mo
 
 
 @pytest.mark.exactness
+def test_an_update_makes_the_goodput_policy_probe_again_soon(pair, tokenizer):
+    from osd_lab.cost import SpeculationCosts
+    from osd_lab.policies import RESUME_GAP
+    target, draft = pair
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
+                                       max_new_tokens=8, update_mode="sync",
+                                       costs=SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2)),
+                                       draft_len=4, update_below_alpha=None)
+    policy = decoder.policies["draft"][0]
+    policy.probe_gap = 64  # backed off: the draft looked useless
+    decoder.serve(PROMPTS["sql"][0])
+    assert decoder.history["updates"] and policy.probe_gap == RESUME_GAP
+
+
 def test_online_greedy_output_is_still_the_targets(pair, tokenizer):
     from osd_lab.decoding import autoregressive_generate
     target, draft = pair

@@ -83,6 +83,15 @@ def test_goodput_policy_follows_alpha_and_costs():
     assert costly.can_pay is False and policy.can_pay is True
 
 
+def test_a_changed_draft_is_probed_again_soon():
+    policy = GoodputPolicy(FLAT, alpha=0.0)
+    lens = [policy.next_draft_len() for _ in range(60)]  # probes at 0, 16, 48: waits 64 now
+    policy.draft_changed()  # an online update: the backed-off wait was another draft's
+    lens = [policy.next_draft_len() for _ in range(10)]
+    # 11 plain steps since the last probe, more than RESUME_GAP: it probes at once, then after 4
+    assert [i for i, n in enumerate(lens) if n] == [0, 4]
+
+
 def test_one_goodput_policy_carries_alpha_across_calls():
     target = tiny_model("llama", seed=0)
     policy = GoodputPolicy(FLAT, alpha=0.5)

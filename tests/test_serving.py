@@ -16,11 +16,9 @@ from osd_lab.policies import GoodputPolicy
 FLAT = SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2))
 
 
-
-
 def test_served_speed_counts_updates_beside_a_baseline_of_the_same_queries(text_pair, tokenizer):
     decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, update_interval=2, max_new_tokens=10,
-                                       costs=FLAT, baseline=True)
+                                       costs=FLAT, baseline=True, update_mode="sync")
     stream = make_stream("sharp", PROMPTS, 8)
     for domain, prompt in stream:
         decoder.serve(prompt, domain)
