@@ -102,7 +102,7 @@ def main(argv=None):
             "online AdaSPEC k=0.4, interval 4, buffer 128": dict(default, keep_fraction=0.4),
             # the same cores for serving and training: sync on 2 threads, or background
             # (serving and the trainer on 1 thread each while it trains; plain decoding on 2)
-            "online, interval 4, 2 threads, sync": dict(default, threads=2),
+            "online, interval 4, 2 threads, sync": dict(default, threads=2, update_mode="sync"),
             "online, interval 4, 2 threads, background": dict(default, threads=2,
                                                               update_mode="background"),
             "online, interval 1, 2 threads, background": dict(default, threads=2,

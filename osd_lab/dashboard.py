@@ -189,8 +189,10 @@ class Dashboard:
         for i, (domain, prompt) in enumerate(stream, start=1):
             decoder.serve(prompt, domain)
             self.progress.value = i
-            if i % self.redraw_every == 0 or i == len(stream):
+            if i % self.redraw_every == 0 and i < len(stream):
                 self.status.value = status_line(decoder.history, i, len(stream))
                 self.plot.value = render_png(decoder.history, title, window)
-        decoder.close()  # background updates: the last ones finish, their thread stops
+        decoder.close()  # background updates: the last ones finish (and count), the thread stops
+        self.status.value = status_line(decoder.history, len(stream), len(stream))
+        self.plot.value = render_png(decoder.history, title, window)
         return decoder
