@@ -61,7 +61,9 @@ def build_parser():
     parser.add_argument("--stop-rule", choices=STOP_RULES, default=DEFAULTS["stop_rule"],
                         help="end blocks early on the draft's own doubt (osd_lab.policies; "
                              "auto: the confidence rule with goodput; none turns it off)")
-    parser.add_argument("--update-interval", type=int, default=DEFAULTS["update_interval"])
+    parser.add_argument("--update-interval", type=int, default=DEFAULTS["update_interval"],
+                        help="queries between updates (default: 1 in the background, 4 "
+                             "with --update-mode sync; osd_lab.online.UPDATE_INTERVAL)")
     parser.add_argument("--update-mode", choices=UPDATE_MODES, default=DEFAULTS["update_mode"],
                         help="sync: updates on the serving path; background: in a thread "
                              "on half the threads while serving goes on; auto: background "
@@ -87,8 +89,9 @@ def build_parser():
 def check_flags(args):
     """Every flag, before any work; ``ValueError`` names the flag."""
     check_int("--queries", args.queries, 1, MAX_QUERIES)
-    for flag, value in (("--update-interval", args.update_interval),
-                        ("--buffer-size", args.buffer_size), ("--threads", args.threads),
+    if args.update_interval is not None:
+        check_int("--update-interval", args.update_interval, low=1)
+    for flag, value in (("--buffer-size", args.buffer_size), ("--threads", args.threads),
                         ("--eval-prompts", args.eval_prompts), ("--batch-size", args.batch_size)):
         check_int(flag, value, low=1)
     check_int("--threads", args.threads, 1, os.cpu_count())
@@ -208,7 +211,7 @@ def main(argv=None):
           f"{', '.join(STREAM_ORDER)}), served in batches of {size}, draft-length policy "
           f"{args.draft_len_policy if size == 1 else 'bass'}"
           f"{f', stop rule {decoder.stop_rule}' if decoder.stop_rule else ''}, update every "
-          f"{args.update_interval} queries, loss {args.loss}"
+          f"{decoder.update_interval} queries, loss {args.loss}"
           f"{f' (AdaSPEC, k={args.keep_fraction})' if args.keep_fraction else ''}, "
           f"{len(h['updates'])} updates, {len(h['skipped'])} skipped, updates {mode}\n")
     print(f"held-out alpha ({n_eval} prompts per domain, greedy, draft_len 4, until "

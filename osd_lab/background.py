@@ -70,6 +70,10 @@ def torch_threads(n: int):
 
 class BackgroundTrainer:
     """A thread that calls ``update(name)`` for each submitted name, in order.
+    A name that is already waiting is not queued again: its update samples
+    the buffer when it runs, so it trains on the newest queries anyway, and a
+    trainer slower than the traffic takes fewer updates instead of falling
+    ever further behind.
 
     update: a bound method; the trainer keeps only a weak reference to its
     object, so deleting the decoder that owns the trainer stops the thread.
@@ -87,13 +91,17 @@ class BackgroundTrainer:
         self._thread = threading.Thread(target=self._loop, name="osd-lab-trainer", daemon=True)
         self._thread.start()
 
-    def submit(self, name) -> None:
+    def submit(self, name) -> bool:
+        """Queue an update of ``name``; False if one is already waiting."""
         with self._changed:
             if self._closing:
                 raise RuntimeError("the trainer is closed: create a new decoder to keep training")
+            if name in self._jobs:
+                return False
             self._jobs.append(name)
             self._pending += 1
             self._changed.notify_all()
+            return True
 
     def busy(self) -> bool:
         """Whether an update is waiting or running."""

@@ -25,7 +25,8 @@ from osd_lab.cost import measure_costs
 from osd_lab.divergences import DIVERGENCES
 from osd_lab.evaluation import served_speed
 from osd_lab.online import DEFAULTS as ONLINE
-from osd_lab.online import STREAMS, OnlineSpeculativeDecoder, make_stream
+from osd_lab.online import (STREAMS, OnlineSpeculativeDecoder, default_update_interval,
+                            make_stream)
 from osd_lab.plots import domain_shifts, plot_alpha, plot_speed
 from osd_lab.policies import DRAFT_LEN_POLICIES
 
@@ -36,7 +37,9 @@ LIMITS = dict(draft_len=(1, 16), update_interval=(1, 64), temperature=(0.0, 2.0)
               keep_fraction=(0.0, 1.0))  # 0: off (plain distillation)
 CHOICES = dict(loss=DIVERGENCES, stream=STREAMS, draft_len_policy=DRAFT_LEN_POLICIES)
 # the decoder's own defaults (osd_lab.online.DEFAULTS), except draft_len: 4 leaves the
-# slider room to move (goodput's own default, 16, is its top); lr: default_lr of the zoo's draft
+# slider room to move (goodput's own default, 16, is its top); lr: default_lr of the zoo's
+# draft; update_interval None: a Dashboard's slider starts at the decoder's interval for the
+# update mode it will run in on this machine (Dashboard.defaults)
 DEFAULTS = dict(draft_len=4,
                 update_interval=ONLINE["update_interval"], temperature=0.0, loss=ONLINE["loss"],
                 stream="sharp", queries=60, buffer_size=ONLINE["buffer_size"], lr=1e-3,
@@ -105,7 +108,9 @@ class Dashboard:
         self.pair, self.prompts = pair, prompts_by_domain
         self.max_new_tokens, self.redraw_every = max_new_tokens, redraw_every
         self.costs = None  # the pair's SpeculationCosts, measured at the first goodput run
-        d, style = DEFAULTS, {"description_width": "initial"}
+        # every setting's starting value; the update interval the decoder would choose
+        self.defaults = DEFAULTS | dict(update_interval=default_update_interval())
+        d, style = self.defaults, {"description_width": "initial"}
         self.controls = dict(
             draft_len=widgets.IntSlider(d["draft_len"], *LIMITS["draft_len"],
                                         description="draft len"),

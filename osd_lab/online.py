@@ -48,10 +48,16 @@ UPDATE_MODES = ("auto", "sync", "background")
 # signature, the main job's flags (osd_lab.__main__) and the dashboard's
 # sliders (osd_lab.dashboard) read them. draft_len None: the policy's
 # (decoding.DEFAULT_DRAFT_LEN, 16 for goodput); stop_rule "auto": the
-# confidence rule with goodput; lr None: distill.default_lr by the draft's size.
+# confidence rule with goodput; lr None: distill.default_lr by the draft's size;
+# update_interval None: UPDATE_INTERVAL of the update mode the decoder runs in.
 DEFAULTS = dict(draft_len_policy=DEFAULT_DRAFT_LEN_POLICY, draft_len=None, stop_rule="auto",
-                update_interval=4, buffer_size=128, loss="fkl", lr=None, batch_size=8,
+                update_interval=None, buffer_size=128, loss="fkl", lr=None, batch_size=8,
                 max_new_tokens=32, update_mode="auto")
+# update_interval None: by the update mode. On the serving path an update costs serving
+# time: every 4th query. In the background it costs only the threads it takes while it
+# runs: after every query (a waiting update is not queued twice, so a trainer slower than
+# the traffic takes fewer). Measured on the main job (README, "Online speculative decoding").
+UPDATE_INTERVAL = dict(sync=4, background=1)
 # the pair the online decoder is shown with (main job, dashboard notebook, notebook 06):
 # the zoo target with its draft trained on all four domains (README, "Choosing the
 # default draft"); the sql-only "zoo" draft stays for the lessons on weak drafts and routing
@@ -64,6 +70,12 @@ ALPHA_SMOOTHING = 0.05  # weight of each decided position in a draft's running a
 # LORA_ABOVE is distill.UNDO_LIMIT too: the default never gives up the exact undo.
 LORA_ABOVE = 10**8
 LORA_RANK = 16
+
+
+def default_update_interval(update_mode="auto", threads=None) -> int:
+    """The decoder's ``update_interval`` when it is given None: ``UPDATE_INTERVAL``
+    of the mode ``update_mode`` resolves to with ``threads`` (None: torch's count)."""
+    return UPDATE_INTERVAL[resolve_update_mode(update_mode, threads)]
 
 
 # -----------------------------------------------------------------------------
@@ -205,7 +217,8 @@ class OnlineSpeculativeDecoder:
 
     drafts: one model, or a dict ``{name: model}`` with a ``router``.
     draft_len: tokens drafted per step; update_interval: queries between
-    distillation steps; buffer_size: corrected queries kept (oldest dropped
+    distillation steps (None: 4 with the updates on the serving path, 1 in
+    the background, ``UPDATE_INTERVAL``); buffer_size: corrected queries kept (oldest dropped
     first); loss: a divergence of ``osd_lab.divergences``; batch_size: queries
     per update; max_new_tokens, temperature: decoding settings.
     keep_fraction: None for plain distillation, or AdaSPEC's k in (0, 1]: each
@@ -283,13 +296,16 @@ class OnlineSpeculativeDecoder:
                  draft_len_policy=DEFAULTS["draft_len_policy"], stop_rule=DEFAULTS["stop_rule"],
                  stop_threshold=None, costs=None, baseline=False, update_below_alpha=0.8,
                  update_mode=DEFAULTS["update_mode"], threads=None):
-        for name, value in (("update_interval", update_interval), ("buffer_size", buffer_size),
-                            ("batch_size", batch_size)):
+        for name, value in (("buffer_size", buffer_size), ("batch_size", batch_size)):
             check_int(name, value, low=1)
+        if update_interval is not None:
+            check_int("update_interval", update_interval, low=1)
         check_choice("baseline", baseline, (True, False))
         check_choice("update_mode", update_mode, UPDATE_MODES)
         update_mode = resolve_update_mode(update_mode, threads)
         self.threads, self.update_mode = check_threads(threads, update_mode), update_mode
+        if update_interval is None:
+            update_interval = UPDATE_INTERVAL[update_mode]
         if update_below_alpha is not None:
             check_float("update_below_alpha", update_below_alpha, 0, 1, low_open=True)
         check_choice("loss", loss, DIVERGENCES)

@@ -3,6 +3,7 @@ between queries, a trainer that fails leaves serving intact, clean shutdown."""
 
 import gc
 import os
+import threading
 import time
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import torch
 
 from conftest import (PROMPTS, chi_square_p_value, exact_target_distribution, noisy_copy,
                       tiny_model)
+from osd_lab.background import BackgroundTrainer
 from osd_lab.decoding import autoregressive_generate
 from osd_lab.online import OnlineSpeculativeDecoder
 
@@ -94,14 +96,37 @@ def test_a_trainer_that_raises_leaves_serving_and_the_buffer_intact(pair, tokeni
     before = [p.clone() for p in draft.parameters()]
     decoder = background(target, draft, tokenizer)
     monkeypatch.setattr(decoder, "update", lambda name="draft": 1 / 0)
-    texts = [decoder.serve(prompt) for prompt in PROMPTS["sql"] * 2]
-    decoder.trainer.wait()
+    texts = []
+    for prompt in PROMPTS["sql"] * 2:
+        texts.append(decoder.serve(prompt))
+        decoder.trainer.wait()  # each update fails before the next is submitted
     assert texts[2] == decoder.serve(PROMPTS["sql"][0])  # still serving, still exact
     decoder.close()
     errors = decoder.history["trainer_errors"]
     assert len(errors) == 5 and all("ZeroDivisionError" in e for _, _, e in errors)
     assert len(decoder.buffers["draft"]) == 5  # no buffered query lost
     assert all(torch.equal(a, b) for a, b in zip(before, draft.parameters()))
+
+
+def test_a_waiting_update_is_not_queued_twice():
+    """A trainer slower than the traffic takes fewer updates, never a growing queue."""
+    started, go, calls = threading.Event(), threading.Event(), []
+
+    class Owner:
+        def update(self, name):
+            started.set()
+            go.wait()
+            calls.append(name)
+
+    owner = Owner()
+    trainer = BackgroundTrainer(owner.update)
+    assert trainer.submit("draft")
+    started.wait()  # the first update runs (and waits for go)
+    assert trainer.submit("draft") and not trainer.submit("draft")  # one waits, no more
+    assert trainer.submit("sql")  # another draft's update queues beside it
+    go.set()
+    trainer.close()
+    assert calls == ["draft", "draft", "sql"] and not trainer.alive()
 
 
 def test_close_and_del_stop_the_trainer(pair, tokenizer):

@@ -10,7 +10,7 @@ pytest.importorskip("ipywidgets", reason="the dashboard needs ipywidgets (absent
 from conftest import noisy_copy, tiny_model
 from osd_lab.dashboard import DEFAULTS, Dashboard, check_settings, moving_window, status_line
 from osd_lab.models import ZOO_DIR
-from osd_lab.online import OnlineSpeculativeDecoder
+from osd_lab.online import OnlineSpeculativeDecoder, default_update_interval
 
 pytestmark = pytest.mark.widgets  # make test-min runs these on the lowest ipywidgets
 
@@ -73,8 +73,10 @@ def test_missing_or_unknown_settings_are_reported(dashboard):
 
 def test_defaults_are_the_widgets_and_pass_the_check(dashboard):
     fresh = Dashboard(dashboard.pair, PROMPTS)
-    assert fresh.settings() == DEFAULTS
-    check_settings(**DEFAULTS)
+    # the update interval starts where the decoder's own default would be on this machine
+    assert fresh.defaults == DEFAULTS | dict(update_interval=default_update_interval())
+    assert fresh.settings() == fresh.defaults
+    check_settings(**fresh.defaults)
     # the lr slider's ends are inside the check's range (FloatLogSlider computes base ** exponent)
     for exponent in (fresh.controls["lr"].min, fresh.controls["lr"].max):
         fresh.controls["lr"].value = 10.0 ** exponent

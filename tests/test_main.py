@@ -33,7 +33,8 @@ def test_the_decoder_the_main_job_and_the_dashboard_share_their_defaults(zoo):
     from osd_lab.dashboard import DEFAULTS as DASHBOARD, LIMITS
     from osd_lab.decoding import DEFAULT_DRAFT_LEN
     from osd_lab.distill import default_lr
-    from osd_lab.online import DEFAULTS, OnlineSpeculativeDecoder
+    from osd_lab.online import (DEFAULTS, UPDATE_INTERVAL, OnlineSpeculativeDecoder,
+                                default_update_interval)
     signature = inspect.signature(OnlineSpeculativeDecoder).parameters
     flags = build_parser().parse_args([])
     for name, value in DEFAULTS.items():
@@ -46,6 +47,14 @@ def test_the_decoder_the_main_job_and_the_dashboard_share_their_defaults(zoo):
     assert low <= DASHBOARD["draft_len"] < high == DEFAULT_DRAFT_LEN[DEFAULTS["draft_len_policy"]]
     for name in ("update_interval", "loss", "buffer_size", "draft_len_policy"):
         assert DASHBOARD[name] == DEFAULTS[name], name
+    # update_interval None: by the mode the decoder runs in, for the decoder, the main
+    # job's report and a Dashboard's slider alike (test_dashboard)
+    assert DEFAULTS["update_interval"] is None and UPDATE_INTERVAL == dict(sync=4, background=1)
+    for threads, mode in ((1, "sync"), (2, "background"))[:os.cpu_count() or 1]:
+        decoder = OnlineSpeculativeDecoder(zoo.target, zoo.draft, zoo.tokenizer, threads=threads)
+        assert (decoder.update_mode, decoder.update_interval) == (mode, UPDATE_INTERVAL[mode])
+        assert default_update_interval(threads=threads) == UPDATE_INTERVAL[mode]
+        decoder.close()
     assert DASHBOARD["lr"] == default_lr(zoo.draft)  # the slider needs a number
 
 
