@@ -34,8 +34,8 @@ import torch
 
 from osd_lab.batched import (batched_autoregressive_generate, batched_speculative_generate,
                              left_pad)
-from osd_lab.cost import measure_pass_time
 from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.measure import measure_pass_time
 from osd_lab.timing import clock
 from osd_lab.models import load_pair
 from osd_lab.online import ONLINE_PAIR
@@ -72,9 +72,9 @@ def run_ours(pair, prompts, tokens, batch_size, now, **kwargs):
             out = batched_speculative_generate(pair.target, pair.draft, chunk, tokens,
                                                vocab_size=pair.vocab_size, eos_token_id=None,
                                                **kwargs)
-            steps += out.stats["target_calls"]
-            rows += sum(out.stats["batch_sizes"])
-            decided += [a for seq in out.stats["sequences"] for a in seq["decided_alpha"]]
+            steps += out.stats.target_calls
+            rows += sum(out.stats.batch_sizes)
+            decided += [a for seq in out.stats.sequences for a in seq.decided_alpha]
         else:
             out = batched_autoregressive_generate(pair.target, chunk, tokens, eos_token_id=None)
         wall += now() - start
@@ -93,8 +93,8 @@ def run_sequential(pair, prompts, tokens, draft_len, now):
                                    draft_len_policy="constant", vocab_size=pair.vocab_size,
                                    eos_token_id=None)
         wall += now() - start
-        calls += out.stats["target_calls"]
-        decided += out.stats["decided_alpha"]
+        calls += out.stats.target_calls
+        decided += out.stats.decided_alpha
         outputs.append(out.tokens.tolist())
     return wall, outputs, dict(tau=len(prompts) * tokens / calls,
                                alpha=sum(decided) / len(decided))

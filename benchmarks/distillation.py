@@ -62,9 +62,9 @@ def main(argv=None):
     for method in ("fkl", "rkl", "jsd", "tvd", "adaspec"):
         draft = copy.deepcopy(pair.draft)
         if method == "adaspec":
-            adaspec(draft, pair.target, prompts, **settings)
+            adaspec(pair.target, draft, prompts, **settings)
         else:
-            distill(draft, pair.target, prompts, loss=method, **settings)
+            distill(pair.target, draft, prompts, loss=method, **settings)
         results[method] = evaluate(pair, draft, eval_prompts)
         print(f"{method}: done at {time.time() - start:.0f}s", flush=True)
 

@@ -1,6 +1,6 @@
 """Which default draft? Candidates trained on all four domains, side by side.
 
-    python -m osd_lab.zoo.train --only draft --draft-domain all --draft-layers 2 \
+    python zoo/train.py --only draft --draft-domain all --draft-layers 2 \
         --draft-width 256 --draft-name all-2x256 --out /tmp/drafts     # each candidate
     python benchmarks/draft_size.py /tmp/drafts/all-1x192 /tmp/drafts/all-2x256 ...
 
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from osd_lab.cost import measure_costs
 from osd_lab.distill import distill
 from osd_lab.evaluation import alpha_by_domain
+from osd_lab.measure import measure_costs
 from osd_lab.models import ZOO_DIR, load_pair
 from osd_lab.sampling import set_seed
 from osd_lab.zoo.corpus import DOMAINS, load_corpus
@@ -72,7 +72,7 @@ def main(argv=None):
                      eos_token_id=pair.tokenizer.eos_token_id)
         before = alpha_by_domain(pair.target, draft, eval_prompts, **alpha)
         distilled = copy.deepcopy(draft)
-        distill(distilled, pair.target, prompts, loss="fkl", data="target", steps=args.steps,
+        distill(pair.target, distilled, prompts, loss="fkl", data="target", steps=args.steps,
                 batch_size=8, lr=1e-3, vocab_size=pair.vocab_size, target_cache=target_cache,
                 progress=False)
         after = alpha_by_domain(pair.target, distilled, eval_prompts, **alpha)

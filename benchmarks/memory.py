@@ -62,7 +62,7 @@ def run_mode(mode, queries, max_new_tokens, update_interval, prompt_len, pair_na
     for _ in range(queries):
         ids = torch.randint(5, 4096, (prompt_len,), generator=generator)  # the zoo's ids
         decoder.serve(pair.tokenizer.decode(ids))
-    positions = sum(len(target.top_indices) if decoder.buffer_top_k else len(target)
+    positions = sum(len(target.top_indices) if decoder.config.buffer_top_k else len(target)
                     for _, _, target in decoder.buffers["draft"])
     rank = decoder.lora_ranks["draft"]
     return {"mode": mode, "fine_tuning": "full fine-tuning" if rank is None else f"LoRA rank {rank}",

@@ -67,7 +67,7 @@ def run_offline(pair, stream, steps, batch_size):
         pair.target, ids, MAX_NEW_TOKENS, eos_token_id=pair.tokenizer.eos_token_id).tokens])
         for i, ids in enumerate(prompts)}  # what the server answered: greedy, EOS included
     draft = copy.deepcopy(pair.draft)
-    distill(draft, pair.target, prompts, loss="fkl", data="target", steps=steps,
+    distill(pair.target, draft, prompts, loss="fkl", data="target", steps=steps,
             batch_size=batch_size, lr=1e-3, vocab_size=pair.vocab_size,
             target_cache=answers, progress=False)
     return draft

@@ -45,14 +45,17 @@ spent outside the models' passes: the loop's overhead. Nothing here is a test.
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import torch
 
-from osd_lab.cost import expected_tokens_per_step, measure_costs
-from osd_lab.decoding import GenerationOutput, autoregressive_generate, speculative_generate
+from osd_lab.cost import expected_tokens_per_step
+from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.measure import measure_costs
 from osd_lab.models import load_pair
 from osd_lab.policies import DEFAULT_DRAFT_LEN_POLICY, DEFAULT_STOP_RULE, GoodputPolicy
 from osd_lab.sampling import get_device
+from osd_lab.step import DecodingStats, GenerationOutput
 from osd_lab.timing import CountCalls, clock, time_side_by_side
 from osd_lab.zoo.corpus import load_corpus
 from random_pairs import LAYERED_PAIRS, RANDOM_PAIRS, calibrate, layered_pair, random_pair, shared_copy
@@ -119,6 +122,16 @@ def unlike_prompts():
     return [f"Schema: {schema}\nQuestion: {question}\nSQL:" for schema, question in UNLIKE]
 
 
+@dataclass
+class CountedStats(DecodingStats):
+    """A decoder's statistics, plus what forward hooks counted (``CountCalls``)."""
+
+    target_passes: int = 0
+    draft_passes: int = 0
+    target_seconds: float = 0.0
+    draft_seconds: float = 0.0
+
+
 def ours(pair, tokens, eos, speculative=True, **kwargs):
     """Our decoder as ``f(ids) -> GenerationOutput``; stats also count calls.
     kwargs: options of ``speculative_generate`` (none: its defaults)."""
@@ -130,9 +143,10 @@ def ours(pair, tokens, eos, speculative=True, **kwargs):
                                            vocab_size=pair.vocab_size, **kwargs)
             else:
                 out = autoregressive_generate(pair.target, ids, tokens, eos_token_id=eos)
-        out.stats.update(target_passes=calls["target"], draft_passes=calls["draft"],
-                         target_seconds=counter.seconds["target"],
-                         draft_seconds=counter.seconds["draft"])
+        out.stats = CountedStats(**vars(out.stats), target_passes=calls["target"],
+                                 draft_passes=calls["draft"],
+                                 target_seconds=counter.seconds["target"],
+                                 draft_seconds=counter.seconds["draft"])
         return out
     return decode
 
@@ -153,11 +167,11 @@ def transformers_generate(pair, tokens, eos, assistant=None):
                                        attention_mask=torch.ones_like(ids))
             wall = clock(pair.device) - start
         new = out[0, ids.shape[1]:]
-        return GenerationOutput(new, dict(wall_time_s=wall, forward_passes=calls["target"],
-                                          target_passes=calls["target"],
-                                          draft_passes=calls.get("draft", 0),
-                                          target_seconds=counter.seconds["target"],
-                                          draft_seconds=counter.seconds.get("draft", 0.0)))
+        return GenerationOutput(new, CountedStats(
+            target_calls=calls["target"], new_tokens=len(new), wall_time_s=wall,
+            target_passes=calls["target"], draft_passes=calls.get("draft", 0),
+            target_seconds=counter.seconds["target"],
+            draft_seconds=counter.seconds.get("draft", 0.0)))
     return decode
 
 
@@ -165,9 +179,9 @@ def predicted_speedup(stats, costs):
     """The cost model's speedup over plain decoding for the steps these runs
     took: expected tokens of each step (alpha pooled over the runs, the step's
     draft length) over its cost (g c + verify(g + 1), in one-token passes)."""
-    decided = [a for s in stats for a in s["decided_alpha"]]
+    decided = [a for s in stats for a in s.decided_alpha]
     alpha = sum(decided) / len(decided) if decided else 0.0
-    gammas = [g for s in stats for g in s["draft_lens"]]
+    gammas = [g for s in stats for g in s.draft_lens]
     tokens = sum(expected_tokens_per_step(alpha, g) for g in gammas)
     cost = sum(g * costs.draft_step + costs.verify_cost(g + 1) for g in gammas)
     return alpha, tokens / cost
@@ -211,18 +225,20 @@ def print_table(pair, prompts, warmup, methods, costs, repeats):
             raise SystemExit(f"{name}: greedy output differs from autoregressive decoding")
         rate = r["tokens"] / r["wall_s"]
         speed = base["wall_s"] / r["wall_s"]
-        target_calls = sum(s["target_passes"] for s in r["stats"]) / r["tokens"]
-        draft_calls = sum(s["draft_passes"] for s in r["stats"]) / r["tokens"]
+        target_calls = sum(s.target_passes for s in r["stats"]) / r["tokens"]
+        draft_calls = sum(s.draft_passes for s in r["stats"]) / r["tokens"]
         # per-call seconds and the rest, from the last repeat (forward hooks)
-        seconds = {m: sum(s[f"{m}_seconds"] for s in r["stats"]) for m in ("target", "draft")}
-        passes = {m: sum(s[f"{m}_passes"] for s in r["stats"]) for m in ("target", "draft")}
+        seconds = {m: sum(getattr(s, f"{m}_seconds") for s in r["stats"])
+                   for m in ("target", "draft")}
+        passes = {m: sum(getattr(s, f"{m}_passes") for s in r["stats"])
+                  for m in ("target", "draft")}
         per_call = [f"{seconds[m] / passes[m]:.3f}" if passes[m] else "" for m in passes]
-        last_wall = sum(s["wall_time_s"] for s in r["stats"])
+        last_wall = sum(s.wall_time_s for s in r["stats"])
         overhead = 1000 * (last_wall - sum(seconds.values())) / r["tokens"]
         cells = ["", "", "", ""]
-        if "decided_alpha" in r["stats"][0]:
+        if r["stats"][0].draft_lens:  # a speculative decoder of ours
             alpha, predicted = predicted_speedup(r["stats"], costs)
-            tau = r["tokens"] / sum(s["target_calls"] for s in r["stats"])
+            tau = r["tokens"] / sum(s.target_calls for s in r["stats"])
             cells = [f"{alpha:.3f}", f"{tau:.2f}", f"{predicted:.2f}x", f"{speed / predicted:.0%}"]
         print(f"| {name} | {rate:.1f} | {speed:.2f}x | {assisted['wall_s'] / r['wall_s']:.2f}x | "
               f"{target_calls:.3f} | {draft_calls:.3f} | {per_call[0]} | {per_call[1]} | "

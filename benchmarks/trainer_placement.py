@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 
 from osd_lab.decoding import speculative_generate
 from osd_lab.models import load_pair
-from osd_lab.online import ONLINE_PAIR, OnlineSpeculativeDecoder
+from osd_lab.online import ONLINE_PAIR, OnlineConfig, OnlineSpeculativeDecoder
 from osd_lab.zoo.corpus import DOMAINS, load_corpus
 
 MAX_NEW_TOKENS = 32
@@ -51,9 +51,9 @@ def trainer_loop(pair_name, ready, go, stop, results):
     torch.set_num_threads(1)
     pair = load_pair(pair_name)
     decoder = OnlineSpeculativeDecoder(pair.target, copy.deepcopy(pair.draft), pair.tokenizer,
-                                       update_mode="sync", threads=1,
-                                       update_interval=BUFFER_QUERIES + 1,
-                                       max_new_tokens=MAX_NEW_TOKENS,
+                                       OnlineConfig(update_mode="sync", threads=1,
+                                                    update_interval=BUFFER_QUERIES + 1,
+                                                    max_new_tokens=MAX_NEW_TOKENS),
                                        vocab_size=pair.vocab_size)
     for prompt in prompts(BUFFER_QUERIES, start=40):  # not the queries served below
         decoder.serve(prompt)
@@ -73,7 +73,7 @@ def serve(pair, queries):
         out = speculative_generate(pair.target, pair.draft, ids, MAX_NEW_TOKENS,
                                    eos_token_id=pair.tokenizer.eos_token_id,
                                    vocab_size=pair.vocab_size)
-        tokens += out.stats["new_tokens"]
+        tokens += out.stats.new_tokens
     return time.perf_counter() - start, tokens
 
 

@@ -24,7 +24,7 @@ import torch
 
 from osd_lab.decoding import autoregressive_generate
 from osd_lab.models import load_pair
-from osd_lab.online import ONLINE_PAIR, OnlineSpeculativeDecoder, make_stream
+from osd_lab.online import ONLINE_PAIR, OnlineConfig, OnlineSpeculativeDecoder, make_stream
 from osd_lab.zoo.corpus import load_corpus
 
 ORDER = ("sql", "math", "code", "prose")  # the main job's
@@ -49,15 +49,15 @@ def plain(pair, stream):
         ids = pair.tokenizer(prompt, return_tensors="pt").input_ids
         stats = autoregressive_generate(pair.target, ids, MAX_NEW_TOKENS,
                                         eos_token_id=pair.tokenizer.eos_token_id).stats
-        tokens.append(stats["new_tokens"])
-        seconds.append(stats["wall_time_s"])
+        tokens.append(stats.new_tokens)
+        seconds.append(stats.wall_time_s)
     return per_domain([d for d, _ in stream], tokens, seconds)
 
 
 def online(pair, stream, mode, interval):
     with OnlineSpeculativeDecoder(pair.target, copy.deepcopy(pair.draft), pair.tokenizer,
-                                  update_mode=mode, update_interval=interval, threads=2,
-                                  max_new_tokens=MAX_NEW_TOKENS,
+                                  OnlineConfig(update_mode=mode, update_interval=interval,
+                                               threads=2, max_new_tokens=MAX_NEW_TOKENS),
                                   vocab_size=pair.vocab_size) as decoder:
         for domain, prompt in stream:
             decoder.serve(prompt, domain)

@@ -54,27 +54,27 @@ def build_parser():
     parser.add_argument("--queries", type=int, default=QUERIES)
     # defaults: OnlineSpeculativeDecoder's, from one place (osd_lab.online.DEFAULTS)
     parser.add_argument("--draft-len-policy", choices=DRAFT_LEN_POLICIES,
-                        default=DEFAULTS["draft_len_policy"])
-    parser.add_argument("--draft-len", type=int, default=DEFAULTS["draft_len"],
+                        default=DEFAULTS.draft_len_policy)
+    parser.add_argument("--draft-len", type=int, default=DEFAULTS.draft_len,
                         help="gamma (constant), its start (heuristic) or its most (goodput); "
                              "default 4, 4 and 16")
-    parser.add_argument("--stop-rule", choices=STOP_RULES, default=DEFAULTS["stop_rule"],
+    parser.add_argument("--stop-rule", choices=STOP_RULES, default=DEFAULTS.stop_rule,
                         help="end blocks early on the draft's own doubt (osd_lab.policies; "
                              "auto: the confidence rule with goodput; none turns it off)")
-    parser.add_argument("--update-interval", type=int, default=DEFAULTS["update_interval"],
+    parser.add_argument("--update-interval", type=int, default=DEFAULTS.update_interval,
                         help="queries between updates (default: 1 in the background, 4 "
                              "with --update-mode sync; osd_lab.online.UPDATE_INTERVAL)")
-    parser.add_argument("--update-mode", choices=UPDATE_MODES, default=DEFAULTS["update_mode"],
+    parser.add_argument("--update-mode", choices=UPDATE_MODES, default=DEFAULTS.update_mode,
                         help="sync: updates on the serving path; background: in a thread "
                              "on half the threads while serving goes on; auto: background "
                              "with 2 threads or more")
-    parser.add_argument("--buffer-size", type=int, default=DEFAULTS["buffer_size"])
-    parser.add_argument("--loss", choices=DIVERGENCES, default=DEFAULTS["loss"])
-    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"],
-                        help="default: by the draft's size (osd_lab.distill.default_lr)")
-    parser.add_argument("--keep-fraction", type=float, default=None,
+    parser.add_argument("--buffer-size", type=int, default=DEFAULTS.buffer_size)
+    parser.add_argument("--loss", choices=DIVERGENCES, default=DEFAULTS.loss)
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr,
+                        help="default: by the draft's size (osd_lab.finetune.default_lr)")
+    parser.add_argument("--keep-fraction", type=float, default=DEFAULTS.keep_fraction,
                         help="AdaSPEC's k: distil only this fraction of tokens (default: all)")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"])
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     parser.add_argument("--batch-size", type=int, default=1,
                         help="serve the stream this many queries at a time (BASS; its own "
                              "draft-length schedule)")
@@ -169,11 +169,11 @@ def main(argv=None):
     for d in DOMAINS:
         docs = corpus[d]["heldout"][:n_eval]
         rates = [autoregressive_generate(m, eval_prompts[d][0], args.max_new_tokens,
-                                         eos_token_id=None).stats["tokens_per_s"]
+                                         eos_token_id=None).stats.tokens_per_s
                  for m in (pair.target, pair.draft)]
         print(f"| {d} | {perplexity(pair.target, pair.tokenizer, docs):.2f} | "
               f"{perplexity(pair.draft, pair.tokenizer, docs):.2f} | {rates[0]:.0f} | {rates[1]:.0f} |")
-    policy = decoder.policies["draft"][0]
+    policy = decoder.policies["draft"]
     if args.draft_len_policy == "goodput":
         costs = policy.costs
         print(f"\nmeasured costs (goodput policy): draft step c = {costs.draft_step:.3f} of a "

@@ -20,30 +20,67 @@ What this module implements (BASS-PAD, the paper's padded variant):
   from both caches, so they stop costing work;
 * the draft length is common to the batch, set by a policy: "constant",
   "heuristic" (transformers' rule, on the most accepted in any row) or
-  "bass", the paper's Algorithm 1 (``bass_draft_len``).
+  "bass", the paper's Algorithm 1 (``osd_lab.policies.bass_draft_len``);
+* each step is the one speculative step's pieces (``osd_lab.step``) on B
+  rows: ``verify_block``, ``keep_tokens`` per row, one ``DecodingStats``
+  per row, a policy object.
 
 BASS-SPLIT (one attention kernel per row, no padding) needs custom kernels and
 is not built here. Taught in ``notebooks/08_bass``.
 """
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
 from osd_lab.cache import forward, keep_rows, new_cache, rollback
-from osd_lab.checks import check_choice, check_generator, check_int
-from osd_lab.decoding import MODEL_EOS, check_eos, check_pair, check_prompt, first_eos
+from osd_lab.checks import check_choice, check_generator
+from osd_lab.decoding import check_pair, check_prompt
 from osd_lab.models import context_length, output_vocab_size
-from osd_lab.policies import next_draft_len
-from osd_lab.sampling import check_sampling_args, logits_to_probs, sample
+from osd_lab.policies import BASS_START, BassPolicy, ConstantPolicy, HeuristicPolicy
+from osd_lab.sampling import check_sampling_args, check_top_logits
+from osd_lab.step import (MODEL_EOS, DecodingStats, Sampler, check_eos, keep_tokens, mean,
+                          verify_block)
 from osd_lab.timing import clock
-from osd_lab.verify import overlap, verify
 
-# BASS Algorithm 1: start length, increase, limit, and the divisor of the decrease
-BASS_START, BASS_INCREASE, BASS_LIMIT, BASS_MOD = 7, 2, 32, 10
-BATCH_DRAFT_LEN_POLICIES = ("constant", "heuristic", "bass")
+BATCH_POLICIES = {"constant": ConstantPolicy, "heuristic": HeuristicPolicy, "bass": BassPolicy}
+BATCH_DRAFT_LEN_POLICIES = tuple(BATCH_POLICIES)
+
+
+@dataclass
+class BatchStats:
+    """What a batched call did: each row's ``DecodingStats`` and the batch's steps."""
+
+    sequences: list  # one osd_lab.step.DecodingStats per prompt
+    target_calls: int = 0  # steps: one target pass over the batch each
+    draft_calls: int = 0  # draft passes over the batch
+    draft_lens: list = field(default_factory=list)  # per step, one for the batch
+    batch_sizes: list = field(default_factory=list)  # rows still decoding at each step
+    padding_fraction: list = field(default_factory=list)  # share of target cache slots unused
+    wall_time_s: float = float("nan")
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(seq.new_tokens for seq in self.sequences)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time_s
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.new_tokens / self.target_calls
+
+    @property
+    def tau(self) -> float:
+        """Mean new tokens per row per step."""
+        return self.new_tokens / sum(self.batch_sizes)
+
+    @property
+    def verified_alpha(self) -> float:
+        """Alpha of every row's decided positions, pooled."""
+        return mean([a for seq in self.sequences for a in seq.decided_alpha])
 
 
 @dataclass
@@ -51,23 +88,7 @@ class BatchGenerationOutput:
     """New tokens of each of B prompts (a list of ``(N_b,)``) and what they cost."""
 
     tokens: list
-    stats: dict = field(default_factory=dict)
-
-
-def bass_draft_len(draft_len: int, max_accepted: int, shrinking: bool) -> tuple[int, bool]:
-    """BASS's draft length for the next step (the paper's Algorithm 1).
-
-    If some row accepted every drafted token (``max_accepted == draft_len``) the
-    length grows by ``BASS_INCREASE`` up to ``BASS_LIMIT``; otherwise it shrinks
-    by ceil(draft_len / ``BASS_MOD``), and by one more when the previous step
-    shrank too (``shrinking``), but never below what the best row accepted,
-    nor below 1: l = max(1, x, l - ceil(l / l_mod) - s). Returns the new
-    length and whether this step shrank.
-    """
-    if max_accepted == draft_len:
-        return min(draft_len + BASS_INCREASE, BASS_LIMIT), False
-    shrink = math.ceil(draft_len / BASS_MOD) + int(shrinking)
-    return max(1, max_accepted, draft_len - shrink), True
+    stats: BatchStats
 
 
 def check_prompts(models, prompts, max_new_tokens: int) -> list:
@@ -156,7 +177,7 @@ class PaddedCache:
 # batched autoregressive decoding (the baseline)
 
 @torch.inference_mode()
-def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tokens: int,
+def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tokens: int, *,
                                     temperature: float = 0.0, top_k: int = 0,
                                     top_p: float = 1.0,
                                     eos_token_id: int | list | str | None = MODEL_EOS,
@@ -166,41 +187,44 @@ def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tok
 
     prompts: a list of B 1-D token-id tensors of any lengths; the other
     arguments as ``autoregressive_generate``. Finished rows leave the batch.
-    Returns ``tokens`` (list of B ``(N_b,)``) and ``stats`` with
-    ``new_tokens``, ``forward_passes``, ``wall_time_s``, ``tokens_per_s``.
+    Returns ``tokens`` (list of B ``(N_b,)``) and a ``BatchStats``
+    (``target_calls``: passes over the batch).
     """
     prompts = check_prompts([model], prompts, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     check_generator(generator, model.device)
     eos_ids = check_eos(eos_token_id, output_vocab_size(model), model.device, model)
+    sampler = Sampler(temperature, top_k, top_p, generator)
     start = clock(model.device)
     ids, mask = left_pad(prompts)  # (B, T)
     state = PaddedCache(model, len(prompts))
     rows = torch.arange(len(prompts), device=model.device)  # original index of each row
+    seqs = [DecodingStats() for _ in prompts]
     new_tokens = [[] for _ in prompts]
+    stats = BatchStats(seqs)
     step_ids, step_mask = ids, mask
-    passes = 0
     while len(rows):
         logits = state.read(step_ids, step_mask)[:, -1]  # (b, V)
-        passes += 1
-        tokens = sample(logits_to_probs(logits, temperature, top_k, top_p), generator,
-                        validate=False)  # (b,)
+        stats.target_calls += 1
+        tokens, _, top = sampler.draw(logits)  # (b,)
+        if top is not None:
+            check_top_logits(top)
         at_eos = (torch.isin(tokens, eos_ids).tolist() if eos_ids is not None
                   else [False] * len(tokens))  # one device sync for the batch
         done = []
         for i, row in enumerate(rows.tolist()):
             new_tokens[row].append(tokens[i])
+            seqs[row].target_calls += 1
             done.append(len(new_tokens[row]) == max_new_tokens or at_eos[i])
         keep = torch.tensor([not d for d in done], device=model.device)
         step_ids, step_mask = tokens[:, None], torch.ones_like(tokens[:, None])
         if not keep.all():  # finished rows leave the batch and the cache
             rows, step_ids, step_mask = rows[keep], step_ids[keep], step_mask[keep]
             state.keep_rows(keep.nonzero()[:, 0])
-    wall = clock(model.device) - start
+    stats.wall_time_s = clock(model.device) - start
     tokens = [torch.stack(t) for t in new_tokens]
-    total = sum(len(t) for t in tokens)
-    stats = dict(new_tokens=total, forward_passes=passes, wall_time_s=wall,
-                 tokens_per_s=total / wall)
+    for seq, out in zip(seqs, tokens):
+        seq.new_tokens, seq.wall_time_s = len(out), stats.wall_time_s
     return BatchGenerationOutput(tokens, stats)
 
 
@@ -209,7 +233,7 @@ def batched_autoregressive_generate(model: PreTrainedModel, prompts, max_new_tok
 
 @torch.inference_mode()
 def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel, prompts,
-                                 max_new_tokens: int, draft_len: int | None = None,
+                                 max_new_tokens: int, *, draft_len: int | None = None,
                                  draft_len_policy: str = "constant", temperature: float = 0.0,
                                  top_k: int = 0, top_p: float = 1.0,
                                  eos_token_id: int | list | str | None = MODEL_EOS,
@@ -223,44 +247,41 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
         for the "heuristic" and "bass" policies); default ``BASS_START`` (7)
         for "bass", 4 otherwise.
     draft_len_policy: "constant", "heuristic" (+2 when some row accepted the
-        whole block, else -1) or "bass" (``bass_draft_len``).
+        whole block, else -1) or "bass" (``osd_lab.policies.BassPolicy``).
     temperature, top_k, top_p, eos_token_id, generator, vocab_size,
     record_target_logits: as ``speculative_generate``. At temperature 0 every
     row equals its own greedy ``autoregressive_generate`` token for token.
     Under sampling the rows share ``generator``, so which random numbers a row
     draws depends on the others; each row's distribution does not.
 
-    Returns ``tokens`` (list of B ``(N_b,)``) and ``stats``: per row, in
-    ``stats["sequences"][b]``: ``new_tokens``, ``accepted`` and ``draft_lens``
-    per step it took part in, ``decided_alpha`` (exact sum_v min(p, q) at the
-    positions verification decided and that produced an output token),
-    ``verified_alpha``, ``tau`` (its tokens per step), ``corrections`` and
-    (if asked) ``target_logits`` ``(N_b, V)``; for the batch:
-    ``target_calls`` (steps), ``draft_calls``, ``draft_lens`` and
-    ``batch_sizes`` per step, ``new_tokens``, ``tokens_per_step``, ``tau``
-    (mean tokens per row per step), ``verified_alpha`` (pooled),
-    ``padding_fraction`` (per step, share of the target's cache slots that
-    are padding or holes), ``wall_time_s`` and ``tokens_per_s``.
+    Returns ``tokens`` (list of B ``(N_b,)``) and a ``BatchStats``: per row,
+    in ``stats.sequences[b]``, a ``DecodingStats`` over the steps it took
+    part in (``target_calls``, ``accepted``, ``draft_lens``, ``decided_alpha``,
+    ``corrections``, ``tau``, if asked ``target_logits`` ``(N_b, V)``); for
+    the batch ``target_calls`` (steps), ``draft_calls``, ``draft_lens`` and
+    ``batch_sizes`` per step, ``padding_fraction`` (per step, share of the
+    target's cache slots that are padding or holes), ``tokens_per_step``,
+    ``tau`` (mean tokens per row per step), ``verified_alpha`` (pooled),
+    ``wall_time_s`` and ``tokens_per_s``.
     """
     check_choice("draft_len_policy", draft_len_policy, BATCH_DRAFT_LEN_POLICIES)
     if draft_len is None:
         draft_len = BASS_START if draft_len_policy == "bass" else 4
     vocab_size = check_pair(target, draft, vocab_size)
-    check_int("draft_len", draft_len, low=1)
+    policy = BATCH_POLICIES[draft_len_policy](draft_len)  # checks draft_len
     prompts = check_prompts([target, draft], prompts, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     check_generator(generator, target.device, "the models are")
     eos_ids = check_eos(eos_token_id, vocab_size, target.device, target)
-
-    def probs(logits):  # (..., V_model) -> processed (..., vocab_size)
-        return logits_to_probs(logits[..., :vocab_size], temperature, top_k, top_p)
+    check_choice("record_target_logits", record_target_logits, (True, False))
+    sampler = Sampler(temperature, top_k, top_p, generator, vocab_size)
 
     start = clock(target.device)
     device, batch = target.device, len(prompts)
-    seqs = [dict(tokens=[], accepted=[], draft_lens=[], decided_alpha=[], corrections=[],
-                 target_logits=[]) for _ in range(batch)]
-    stats = dict(target_calls=0, draft_calls=0, draft_lens=[], batch_sizes=[],
-                 padding_fraction=[])
+    seqs = [DecodingStats() for _ in range(batch)]
+    stats = BatchStats(seqs)
+    new_tokens = [[] for _ in range(batch)]
+    logits_kept = [[] for _ in range(batch)]
     target_state, draft_state = PaddedCache(target, batch), PaddedCache(draft, batch)
     # Invariant (as in speculative_generate): both caches hold every token but
     # the last; `target_pending` (b, 1) is unread by the target, `draft_pending`
@@ -277,40 +298,37 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
     limits = [context_length(m) for m in (target, draft) if context_length(m)]
     room = torch.tensor([min(limits, default=10**9) - p.shape[1] for p in prompts],
                         device=device)  # (B,)
-    gamma, shrinking = draft_len, False
     while len(rows):
         b = len(rows)
         # one g for all rows: leave the longest-running row room for one more
         # token, and every row inside its context; tokens past a row's own
         # max_new_tokens are dropped below
-        g = min(gamma, int((max_new_tokens - num_new).max()) - 1, int((room - num_new).min()))
-        # 1. the draft proposes g tokens for every row, one forward pass each
-        drafted, q = [], []
+        block = policy.next_block()
+        room_now = min(int((max_new_tokens - num_new).max()) - 1, int((room - num_new).min()))
+        g = min(block.most, room_now)
+        # 1. propose: the draft drafts g tokens for every row, one forward pass each
+        drafted, q, tops = [], [], []
         draft_input, draft_input_mask = draft_pending, draft_pending_mask
         for _ in range(g):
-            q_i = probs(draft_state.read(draft_input, draft_input_mask)[:, -1])  # (b, V)
-            x_i = sample(q_i, generator, validate=False)  # (b,)
-            drafted.append(x_i)
-            q.append(q_i)
+            x_i, q_i, top = sampler.draw(draft_state.read(draft_input, draft_input_mask)[:, -1])
+            drafted.append(x_i)  # (b,)
+            if q_i is None:
+                tops.append(top)
+            else:
+                q.append(q_i)  # (b, V)
             draft_input, draft_input_mask = x_i[:, None], torch.ones_like(x_i[:, None])
-        stats["draft_calls"] += g
+        stats.draft_calls += g
         drafted = torch.stack(drafted, 1) if g else ids.new_zeros(b, 0)  # (b, g)
-        # 2. the target scores pending + all drafted tokens of every row in one pass
+        # 2. score: the target reads pending + all drafted tokens of every row in one pass
         target_input = torch.cat([target_pending, drafted], dim=1)  # (b, g + 1)
         target_logits = target_state.read(target_input, torch.ones_like(target_input))
-        p = probs(target_logits)  # (b, g + 1, V)
-        stats["target_calls"] += 1
-        # 3. each row keeps its own prefix of the draft, then one token from the target
-        if g:
-            q = torch.stack(q, 1)  # (b, g, V)
-            result = verify(p, q, drafted, generator, validate=False)
-            accepted, next_token = result.num_accepted, result.next_token  # (b,), (b,)
-            alpha = overlap(p[:, :g], q, validate=False).tolist()  # (b, g)
-        else:
-            accepted = torch.zeros(b, dtype=torch.long, device=device)
-            next_token = sample(p[:, 0], generator, validate=False)
-            alpha = [[] for _ in range(b)]
-        # 4. ragged acceptance: each row keeps its slots, the others become holes
+        stats.target_calls += 1
+        # 3. verify: each row keeps its own prefix of the draft, then one target token
+        verdict = verify_block(sampler, target_logits, drafted,
+                               torch.stack(q, 1) if q else None, tops)
+        accepted, next_token = verdict.num_accepted, verdict.next_token  # (b,), (b,)
+        alpha = verdict.alpha.tolist()  # (b, g)
+        # 4. commit, ragged: each row keeps its slots, the others become holes
         target_state.keep_last(g + 1, accepted + 1)  # pending + x_1..x_n of g + 1 read
         if g:
             draft_state.keep_last(g - 1, accepted.clamp(max=g - 1))  # x_1..x_{g-1} read
@@ -322,34 +340,25 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
             draft_pending_mask = torch.cat([draft_pending_mask,
                                             torch.ones_like(next_token[:, None])], dim=1)
         target_pending = next_token[:, None]
-        stats["draft_lens"].append(g)
-        stats["batch_sizes"].append(b)
-        stats["padding_fraction"].append(target_state.padding_fraction())
-        # 5. record each row; a row stops at EOS (inclusive) or max_new_tokens
+        stats.draft_lens.append(g)
+        stats.batch_sizes.append(b)
+        stats.padding_fraction.append(target_state.padding_fraction())
+        # 5. observe: each row stops at end-of-text (inclusive) or max_new_tokens
         done = []
         for i, row in enumerate(rows.tolist()):
             n, seq = int(accepted[i]), seqs[row]
-            step_tokens = torch.cat([drafted[i, :n], next_token[i:i + 1]])  # (n + 1,)
             left = max_new_tokens - int(num_new[i])
-            eos_at = first_eos(step_tokens, eos_ids)
-            kept = min(left, n + 1 if eos_at is None else eos_at + 1)
-            seq["tokens"].append(step_tokens[:kept])
-            seq["accepted"].append(n)
-            seq["draft_lens"].append(g)
-            seq["decided_alpha"] += alpha[i][:min(n + 1, kept)]  # accepted + first rejected
-            if n < g and n < kept:  # the target overruled the draft at a kept token
-                seq["corrections"].append(int(num_new[i]) + n)
+            tokens, finished = keep_tokens(drafted[i], n, next_token[i:i + 1], eos_ids, left)
+            seq.record(g, n, alpha[i], len(tokens), int(num_new[i]))
+            seq.target_calls += 1
+            seq.draft_calls += g
+            new_tokens[row].append(tokens)
             if record_target_logits:
-                seq["target_logits"].append(target_logits[i, :kept, :vocab_size])
-            num_new[i] += kept
-            done.append((eos_at is not None and eos_at < kept)
-                        or int(num_new[i]) >= max_new_tokens)
-        if g == gamma:  # a capped step says nothing about gamma
-            most = int(accepted.max())
-            if draft_len_policy == "bass":
-                gamma, shrinking = bass_draft_len(gamma, most, shrinking)
-            else:
-                gamma = next_draft_len(draft_len_policy, gamma, most)
+                logits_kept[row].append(target_logits[i, :len(tokens), :vocab_size])
+            num_new[i] += len(tokens)
+            done.append(finished)
+        policy.observe(drafted=g, accepted=int(accepted.max()),
+                       decided_alpha=[], capped=g < block.most)
         keep = torch.tensor([not d for d in done], device=device)
         if not keep.all():  # finished rows leave the batch and both caches
             kept_rows = keep.nonzero()[:, 0]
@@ -359,23 +368,10 @@ def batched_speculative_generate(target: PreTrainedModel, draft: PreTrainedModel
             target_state.keep_rows(kept_rows)
             draft_state.keep_rows(kept_rows)
 
-    wall = clock(device) - start
-    tokens = [torch.cat(seq["tokens"]) for seq in seqs]
-    for seq, out in zip(seqs, tokens):
-        decided = seq["decided_alpha"]
-        seq.update(new_tokens=len(out), target_calls=len(seq["accepted"]),
-                   tau=len(out) / len(seq["accepted"]),
-                   verified_alpha=sum(decided) / len(decided) if decided else float("nan"))
-        del seq["tokens"]
+    stats.wall_time_s = clock(device) - start
+    tokens = [torch.cat(t) for t in new_tokens]
+    for seq, out, kept in zip(seqs, tokens, logits_kept):
+        seq.new_tokens, seq.wall_time_s = len(out), stats.wall_time_s
         if record_target_logits:
-            seq["target_logits"] = torch.cat(seq["target_logits"])  # (N_b, V)
-        else:
-            del seq["target_logits"]
-    decided = [a for seq in seqs for a in seq["decided_alpha"]]
-    total = sum(len(t) for t in tokens)
-    stats.update(
-        sequences=seqs, new_tokens=total, wall_time_s=wall, tokens_per_s=total / wall,
-        tokens_per_step=total / stats["target_calls"],
-        tau=total / sum(stats["batch_sizes"]),
-        verified_alpha=sum(decided) / len(decided) if decided else float("nan"))
+            seq.target_logits = torch.cat(kept)  # (N_b, V)
     return BatchGenerationOutput(tokens, stats)

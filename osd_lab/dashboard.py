@@ -21,9 +21,9 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from osd_lab.checks import check_choice, check_float, check_int
-from osd_lab.cost import measure_costs
 from osd_lab.divergences import DIVERGENCES
 from osd_lab.evaluation import served_speed
+from osd_lab.measure import measure_costs
 from osd_lab.online import DEFAULTS as ONLINE
 from osd_lab.online import (STREAMS, OnlineSpeculativeDecoder, default_update_interval,
                             make_stream)
@@ -41,9 +41,9 @@ CHOICES = dict(loss=DIVERGENCES, stream=STREAMS, draft_len_policy=DRAFT_LEN_POLI
 # draft; update_interval None: a Dashboard's slider starts at the decoder's interval for the
 # update mode it will run in on this machine (Dashboard.defaults)
 DEFAULTS = dict(draft_len=4,
-                update_interval=ONLINE["update_interval"], temperature=0.0, loss=ONLINE["loss"],
-                stream="sharp", queries=60, buffer_size=ONLINE["buffer_size"], lr=1e-3,
-                keep_fraction=0.0, draft_len_policy=ONLINE["draft_len_policy"])
+                update_interval=ONLINE.update_interval, temperature=0.0, loss=ONLINE.loss,
+                stream="sharp", queries=60, buffer_size=ONLINE.buffer_size, lr=1e-3,
+                keep_fraction=0.0, draft_len_policy=ONLINE.draft_len_policy)
 MAX_WINDOW = 20  # queries in a moving average, at most
 
 

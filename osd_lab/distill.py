@@ -13,29 +13,29 @@ with forward KL on the same data, marks which tokens are learnable: per token
 delta = L(draft) - L(reference) under forward KL, and the draft trains only on
 the top ``keep_fraction`` of tokens by delta, skipping the hard-to-fit rest.
 
-Updating a pretrained draft (section "updating a real draft"): a learning rate
-chosen by the draft's size (``default_lr``), LoRA adapters (``add_lora``,
-through ``peft``) so that the served draft's base weights never move, float32
-master weights for a half-precision draft (``master_weights``), and a guard
-that keeps no copy of a large draft (``guarded_step``).
+One step of either, ``distillation_step``, is also the online decoder's
+update (``osd_lab.online``); what a real draft needs around it (LoRA, master
+weights, the guarded optimiser step) is ``osd_lab.finetune``.
 Taught in ``notebooks/04_distillspec`` and ``05_adaspec``.
 """
 
 import copy
 import random
-import warnings
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from osd_lab.cache import keeps_logits
 from osd_lab.checks import (ArgumentError, check_choice, check_float, check_int,
-                            check_prompt_list, check_seed, finite_spread)
-from osd_lab.decoding import MODEL_EOS, autoregressive_generate
+                            check_prompt_list, check_seed)
+from osd_lab.decoding import autoregressive_generate
 from osd_lab.divergences import (DIVERGENCES, CompactDistribution, forward_kl, masked_mean,
                                  token_divergence)
 from osd_lab.evaluation import acceptance_rate
+from osd_lab.finetune import guarded_step, master_weights
 from osd_lab.models import context_length, output_vocab_size
+from osd_lab.step import MODEL_EOS
 
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")
 
@@ -147,169 +147,6 @@ def batch_targets(targets, prompt_lens, shape, start=0):
     return place(targets)
 
 
-UNDO_LIMIT = 10**8  # trainable weights: above this a step keeps no copy for its undo
-
-
-def master_weights(model):
-    """Float32 copies ``[(...), ...]`` of a half-precision ``model``'s trainable
-    weights, for the optimiser to hold and step (mixed-precision training): a
-    bfloat16 weight cannot move by less than about 2^-8 of itself, so the small
-    steps of a low learning rate round away (3 steps at lr 1e-5 changed 3% of a
-    0.5B draft's weights). ``guarded_step`` moves the gradients onto them and
-    rounds the result back into the model. None when every trainable weight is
-    float32 already (a float32 model, or LoRA adapters: ``add_lora``)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if all(p.dtype == torch.float32 for p in trainable):
-        return None
-    return [p.detach().float().clone().requires_grad_(True) for p in trainable]
-
-
-def guarded_step(model, optimizer, value, ids, master=None) -> bool:
-    """One optimiser step on the loss ``value`` (gradient clipped to norm 1), kept
-    only if it leaves a working model. Returns False, with the weights and the
-    optimiser state as they were, when the loss or the gradient is not finite,
-    or when after the step the weights are not finite, or the model's logits
-    on ``ids`` ``(B, L)`` (the batch it trained on) are not finite and sane
-    (``finite_spread``: softmax can use them).
-
-    master: the optimiser's float32 copies of a half-precision model's
-    trainable weights (``master_weights``): the gradient moves onto them, the
-    step is taken there and rounded into the model.
-
-    Memory: the undo saves the trainable weights and the optimiser state
-    before the step, so only when there are at most ``UNDO_LIMIT`` trainable
-    weights (LoRA adapters, a small draft). Full fine-tuning of a larger draft
-    keeps no copy (for a 0.5B draft it would be 6 GB: weights and AdamW's two
-    moments): a step is taken only with a finite loss and clipped gradient, and
-    a broken model after it raises RuntimeError instead of being served."""
-    optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(value):
-        return False
-    value.backward()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    stepped = trainable if master is None else master
-    if master is not None:  # the float32 copies take the gradient
-        for weight, copy_ in zip(trainable, master):
-            copy_.grad = None if weight.grad is None else weight.grad.float()
-            weight.grad = None
-    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(stepped, 1.0)):
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    undo = sum(p.numel() for p in stepped) <= UNDO_LIMIT
-    if undo:
-        saved = [p.detach().clone() for p in stepped]
-        state = copy.deepcopy(optimizer.state_dict())
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)  # spent: freed before the check (2 GB for 0.5B)
-    if master is not None:
-        copy_weights(trainable, master)
-    training = model.training
-    model.eval()  # no dropout in the check
-    with torch.no_grad():
-        # a NaN or inf weight makes its tensor's sum NaN or inf: one sync for all
-        sums = torch.stack([p.sum(dtype=torch.float32) for p in stepped])
-        ok = bool(sums.isfinite().all()) and finite_spread(model(ids).logits)
-    model.train(training)
-    if ok:
-        return True
-    if not undo:
-        raise RuntimeError(
-            f"an update left the draft's weights or logits broken (not finite), and with "
-            f"{sum(p.numel() for p in stepped):,} trainable weights (over UNDO_LIMIT = "
-            f"{UNDO_LIMIT:,}) no copy was kept to undo it: lower the learning rate "
-            f"(lr={optimizer.param_groups[0]['lr']:g}) or train LoRA adapters (lora_rank)")
-    # e.g. lr=1e10: finite weights whose logits overflow. Undo the step.
-    copy_weights(stepped, saved)
-    if master is not None:
-        copy_weights(trainable, master)
-    optimizer.load_state_dict(state)
-    return False
-
-
-def copy_weights(destination, source):
-    """Copy each tensor of ``source`` into the same-shaped one of ``destination``
-    (rounding to its dtype)."""
-    with torch.no_grad():
-        for weight, value in zip(destination, source):
-            weight.copy_(value)
-
-
-# -----------------------------------------------------------------------------
-# updating a real draft: learning rate by size, LoRA adapters
-
-SMALL_DRAFT = 10**7  # parameters; the zoo's draft has about 2M
-
-
-def num_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def default_lr(model, lora_rank=None) -> float:
-    """A learning rate for online updates of ``model``, by its size.
-
-    A first AdamW step moves every weight by about lr whatever its gradient,
-    so what a draft tolerates shrinks as it grows (fine-tuning recipes use
-    ~1e-5 for 0.5B models). Full fine-tuning: 1e-3 under ``SMALL_DRAFT``
-    parameters (the zoo's 2M draft was trained from scratch at 1e-3), 1e-4
-    under 10 times that, else 1e-5 (at 1e-3 a pretrained 0.5B Qwen draft's
-    alpha went 0.80 -> 0.00 in 4 updates). LoRA (``lora_rank`` set): 10 times
-    that, at most 1e-3 (the adapters start at zero and hold few weights;
-    1e-4 for a 0.5B draft is the usual LoRA setting)."""
-    size = num_parameters(model)
-    lr = 1e-3 if size < SMALL_DRAFT else 1e-4 if size < 10 * SMALL_DRAFT else 1e-5
-    return lr if lora_rank is None else min(1e-3, 10 * lr)
-
-
-def default_warmup_updates(model) -> int:
-    """Updates over which the learning rate ramps up linearly: none for a small
-    draft such as the zoo's (its updates are cheap to get wrong), 8 otherwise."""
-    return 0 if num_parameters(model) < SMALL_DRAFT else 8
-
-
-def check_lora_rank(model, rank) -> None:
-    check_int("lora_rank", rank, 1, model.get_input_embeddings().embedding_dim)
-
-
-def add_lora(model, rank):
-    """Add LoRA adapters (Hu et al., 2106.09685) of rank ``rank`` to every linear
-    layer of ``model``'s blocks, in place, and freeze all other weights; returns
-    ``model``. Each layer then computes W x + B A x with A ``(rank, in)`` and B
-    ``(out, rank)``; B starts at zero, so the model's outputs are unchanged
-    until a step. The adapters are kept in float32 even in a bfloat16 or
-    float16 model (their own master weights: small steps are not rounded away).
-    The model keeps its class and its forward: the decoders use it as before.
-    Needs ``peft``, a dependency of ``osd_lab``."""
-    check_lora_rank(model, rank)
-    try:
-        import peft
-    except ImportError as err:
-        raise ImportError("lora_rank needs the peft package, which is not installed "
-                          "(osd_lab depends on it): pip install 'peft>=0.18.0', or pass "
-                          "lora_rank=None for full fine-tuning") from err
-    config = peft.LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
-                             target_modules="all-linear")  # all but the output layer
-    with warnings.catch_warnings():  # GPT-2's Conv1D layers: peft says it transposes them
-        warnings.simplefilter("ignore", UserWarning)
-        peft.inject_adapter_in_model(config, model)
-    for weight in model.parameters():
-        if weight.requires_grad:  # only the adapters
-            weight.data = weight.data.float()
-    return model
-
-
-def merge_lora(model):
-    """A copy of ``model`` with its LoRA adapters (``add_lora``) folded into
-    the base weights (W + B A): a plain transformers model again, which
-    ``save_pretrained`` writes as a standard checkpoint. ``model`` is untouched."""
-    merged = copy.deepcopy(model)
-    for name, module in list(merged.named_modules()):
-        if hasattr(module, "base_layer") and hasattr(module, "merge"):  # a LoRA layer
-            module.merge()
-            parent, _, child = name.rpartition(".")
-            setattr(merged.get_submodule(parent), child, module.base_layer)
-    return merged
-
-
 # -----------------------------------------------------------------------------
 # AdaSPEC token selection
 
@@ -325,9 +162,54 @@ def select_tokens(draft_loss, reference_loss, mask, keep_fraction):
 
 
 # -----------------------------------------------------------------------------
+# one distillation step: what ``distill`` and the online decoder's updates take
+
+class DistillationStep(NamedTuple):
+    """What one ``distillation_step`` did."""
+
+    loss: float | None        # the masked mean divergence; None: the step was skipped
+    per_token: torch.Tensor   # (B, L') the divergence at each position, before the step
+    kept: torch.Tensor        # (B, L') bool, the positions it trained on
+
+
+def distillation_step(model, optimizer, ids, targets, mask, *, loss="fkl", temperature=1.0,
+                      vocab_size=None, reference_loss=None, keep_fraction=None,
+                      master=None) -> DistillationStep:
+    """One optimiser step of ``model`` towards the target's distributions on
+    the batch ``ids`` ``(B, L)``: the divergence ``loss`` (one of
+    ``DIVERGENCES``) per position, averaged over ``mask``.
+
+    targets and mask cover the last L' positions of the batch aligned
+    t -> t + 1 (``make_batch``'s mask from ``first_scored`` on, L' = L - 1 -
+    start): ``targets`` the target's logits ``(B, L', V)`` or a
+    ``CompactDistribution`` of ``(B, L')`` positions (then temperature 1),
+    ``mask`` ``(B, L')`` the positions that count.
+    reference_loss: AdaSPEC; a reference model's forward KL to the targets
+    ``(B, L')``: only the ``keep_fraction`` of the masked positions with the
+    largest KL(p || q_model) - reference_loss count (``select_tokens``).
+    master: float32 master weights of a half-precision model
+    (``finetune.master_weights``).
+
+    The step is ``finetune.guarded_step``'s: skipped, with the weights and the
+    optimiser state as they were, when the loss, its gradient, the new weights
+    or the new logits on ``ids`` are not finite. Leaves ``model`` in eval mode."""
+    start = ids.shape[1] - 1 - mask.shape[1]  # no row scores a position before it
+    model.train()
+    logits = continuation_logits(model, ids, start, vocab_size)  # (B, L', V)
+    per_token = token_divergence(loss, targets, logits, temperature)  # (B, L')
+    if reference_loss is not None:  # AdaSPEC: only the tokens the reference shows are learnable
+        mask = select_tokens(token_divergence("fkl", targets, logits, temperature),
+                             reference_loss, mask, keep_fraction)
+    value = masked_mean(per_token, mask)
+    taken = guarded_step(model, optimizer, value, ids, master)  # never a broken model
+    model.eval()
+    return DistillationStep(value.item() if taken else None, per_token.detach(), mask)
+
+
+# -----------------------------------------------------------------------------
 # the training loop
 
-def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3,
+def distill(target, draft, prompts, *, loss="fkl", data="target", steps=60, lr=1e-3,
             batch_size=8, max_new_tokens=32, temperature=1.0, mix_ratio=0.5,
             reference=None, keep_fraction=0.4, vocab_size=None, eval_prompts=None,
             eval_every=20, eos_token_id=MODEL_EOS, seed=0, target_cache=None, progress=True):
@@ -351,7 +233,8 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
     The history has ``loss`` per step, ``kept_fraction`` per step, ``eval``
     rows ``(step, alpha, tau)`` and ``skipped`` steps whose loss or gradient
     was NaN/inf, or after which the draft's weights or logits were (those
-    steps leave the weights and the optimiser state untouched: ``guarded_step``).
+    steps leave the weights and the optimiser state untouched:
+    ``distillation_step``).
     """
     check_distill_args(loss, data, keep_fraction, mix_ratio, steps, lr, batch_size,
                        max_new_tokens, temperature, eval_every)
@@ -403,45 +286,42 @@ def distill(draft, target, prompts, loss="fkl", data="target", steps=60, lr=1e-3
         batch = [sequence_for(rng.randrange(len(prompts))) for _ in range(batch_size)]
         ids, mask = make_batch([s.cpu() for s, _ in batch], [n for _, n in batch], pad_id)
         ids, mask = ids.to(draft.device), mask.to(draft.device)
-        # 2. teacher logits (no gradient) and student logits, aligned at t -> t + 1,
-        #    from the first continuation position on: (B, L', V), L' = L - 1 - start
+        # 2. teacher logits (no gradient), aligned at t -> t + 1, from the first
+        #    continuation position on: (B, L', V), L' = L - 1 - start; for AdaSPEC
+        #    the reference's forward KL to them (B, L')
         start = first_scored(mask)
         mask = mask[:, start:]
         with torch.no_grad():
             target_logits = continuation_logits(target, ids, start, vocab_size)
-            reference_logits = (continuation_logits(reference, ids, start, vocab_size)
-                                if reference else None)
-        draft.train()
-        draft_logits = continuation_logits(draft, ids, start, vocab_size)
-        per_token = token_divergence(loss, target_logits, draft_logits, temperature)
-        num_continuation = mask.sum().item()
-        # 3. AdaSPEC: train only on the tokens the reference shows are learnable
-        if reference is not None:
-            mask = select_tokens(forward_kl(target_logits, draft_logits, temperature),
-                                 forward_kl(target_logits, reference_logits, temperature),
-                                 mask, keep_fraction)
-        value = masked_mean(per_token, mask)
-        # 4. a step, unless the loss, its gradient or the updated draft is broken
-        if not guarded_step(draft, optimizer, value, ids, master):
+            reference_loss = None if reference is None else forward_kl(
+                target_logits, continuation_logits(reference, ids, start, vocab_size),
+                temperature)
+        # 3. a step of the draft (AdaSPEC: on the tokens the reference shows are
+        #    learnable), unless the loss, its gradient or the updated draft is broken
+        result = distillation_step(draft, optimizer, ids, target_logits, mask, loss=loss,
+                                   temperature=temperature, vocab_size=vocab_size,
+                                   reference_loss=reference_loss, keep_fraction=keep_fraction,
+                                   master=master)
+        if result.loss is None:
             history["skipped"].append(step)
             continue
-        history["loss"].append(value.item())
-        history["kept_fraction"].append(mask.sum().item() / max(1, num_continuation))
+        history["loss"].append(result.loss)
+        history["kept_fraction"].append(result.kept.sum().item() / max(1, mask.sum().item()))
         if eval_prompts and (step % eval_every == 0 or step == steps):
             evaluate(step)
     draft.eval()
     return history
 
 
-def adaspec(draft, target, prompts, keep_fraction=0.4, reference_steps=None, **kwargs):
+def adaspec(target, draft, prompts, *, keep_fraction=0.4, reference_steps=None, **kwargs):
     """AdaSPEC: distil a reference copy of ``draft`` with forward KL, then ``draft``
     with token selection by the reference. Returns ``(history, reference)``."""
     reference = copy.deepcopy(draft)
     ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("eval_prompts", "loss")}
     if reference_steps is not None:
         ref_kwargs["steps"] = reference_steps
-    distill(reference, target, prompts, loss="fkl", **ref_kwargs)
+    distill(target, reference, prompts, loss="fkl", **ref_kwargs)
     reference.requires_grad_(False)
-    history = distill(draft, target, prompts, reference=reference,
+    history = distill(target, draft, prompts, reference=reference,
                       keep_fraction=keep_fraction, **kwargs)
     return history, reference

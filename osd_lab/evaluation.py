@@ -19,10 +19,11 @@ Used by the main job, the benchmarks, the dashboard and notebooks 04-07.
 import torch
 
 from osd_lab.checks import check_float, check_int, check_prompt_list, check_seed
-from osd_lab.decoding import MODEL_EOS, speculative_generate
+from osd_lab.decoding import speculative_generate
+from osd_lab.step import MODEL_EOS
 
 
-def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0, max_new_tokens=32,
+def acceptance_rate(target, draft, prompts, *, draft_len=4, temperature=0.0, max_new_tokens=32,
                     eos_token_id=MODEL_EOS, vocab_size=None, seed=0):
     """Exact alpha and tau (tokens per target call) of speculative decoding over
     ``prompts`` (each ``(T,)`` or ``(1, T)`` token ids), with a constant
@@ -45,9 +46,9 @@ def acceptance_rate(target, draft, prompts, draft_len=4, temperature=0.0, max_ne
                                    draft_len_policy="constant", temperature=temperature,
                                    eos_token_id=eos_token_id, generator=generator,
                                    vocab_size=vocab_size)
-        alphas += out.stats["decided_alpha"]
-        new_tokens += out.stats["new_tokens"]
-        target_calls += out.stats["target_calls"]
+        alphas += out.stats.decided_alpha
+        new_tokens += out.stats.new_tokens
+        target_calls += out.stats.target_calls
     return {"alpha": sum(alphas) / len(alphas), "tau": new_tokens / target_calls}
 
 

@@ -4,7 +4,7 @@ Head j is one residual block on the model's last hidden state h (after the
 final norm), ``h + SiLU(W_j h + b_j)``, read out by the model's own frozen LM
 head: it guesses token t + j + 1 from position t. The heads are trained with
 the same future n-gram objective, data and steps as the streams
-(``python -m osd_lab.zoo.train_streams``) and decoded by the same loop,
+(``python zoo/train_streams.py``) and decoded by the same loop,
 ``osd_lab.streaming.streaming_generate``. (Medusa proper gives each head its
 own LM head, 1.6M more parameters per head on the zoo; sharing the frozen one
 keeps the baseline small and trained in the same few minutes.)
@@ -76,7 +76,7 @@ class MedusaModel(nn.Module):
         return out.logits, self.base.lm_head(heads)
 
 
-def load_medusa_model(name="zoo", base: PreTrainedModel | None = None,
+def load_medusa_model(name="zoo", *, base: PreTrainedModel | None = None,
                       device=None) -> MedusaModel:
     """The zoo target with its trained Medusa heads (``osd_lab/zoo/models/streams``)."""
     path = STREAMS_DIR if name == "zoo" else Path(name)

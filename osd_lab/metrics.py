@@ -14,14 +14,15 @@ import math
 import torch
 
 from osd_lab.checks import ArgumentError, check_int
-from osd_lab.decoding import MODEL_EOS, autoregressive_generate, check_prompt
+from osd_lab.decoding import autoregressive_generate, check_prompt
 from osd_lab.models import context_length
 from osd_lab.sampling import logits_to_probs
+from osd_lab.step import MODEL_EOS
 from osd_lab.verify import overlap
 
 
 @torch.inference_mode()
-def perplexity(model, tokenizer, texts, max_len: int = 256) -> float:
+def perplexity(model, tokenizer, texts, *, max_len: int = 256) -> float:
     """Per-token perplexity of ``model`` on ``texts`` (each cut to ``max_len`` tokens).
 
     A text still longer than the model's context after the cut is refused: the
@@ -48,7 +49,7 @@ def perplexity(model, tokenizer, texts, max_len: int = 256) -> float:
 
 
 @torch.inference_mode()
-def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
+def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32, *,
                             temperature: float = 1.0, vocab_size: int | None = None,
                             eos_token_id=MODEL_EOS) -> dict:
     """Alpha and greedy agreement along the target's greedy continuation of a prompt.
@@ -77,7 +78,8 @@ def acceptance_along_greedy(target, draft, input_ids, num_tokens: int = 32,
 
 
 @torch.inference_mode()
-def alpha_on_documents(target, draft, documents, temperatures=(1.0,), vocab_size=None) -> dict:
+def alpha_on_documents(target, draft, documents, *, temperatures=(1.0,),
+                       vocab_size=None) -> dict:
     """Exact alpha at every position of held-out documents, one pass per model.
 
     documents: list of ``(1, T)`` token ids. At each position both models

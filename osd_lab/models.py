@@ -101,17 +101,17 @@ def _load(path_or_id, dtype, local_files_only, what):
 
 # the zoo's pairs: its target with the draft trained on sql only ("zoo", the one the
 # notebooks teach with), or with the same-shaped draft trained on all four domains
-# ("zoo-all": python -m osd_lab.zoo.train --only draft --draft-domain all
+# ("zoo-all": python zoo/train.py --only draft --draft-domain all
 # --draft-name draft-all; README, "Choosing the default draft")
 ZOO_DRAFTS = {"zoo": "draft", "zoo-all": "draft-all"}
 
 
 def load_zoo(device=None, dtype=torch.float32, name="zoo") -> ModelPair:
-    """The embedded pairs trained by ``python -m osd_lab.zoo.train``: ``name``
+    """The embedded pairs trained by ``python zoo/train.py``: ``name``
     is a key of ``ZOO_DRAFTS``."""
     if not (ZOO_DIR / "target").is_dir():
         raise FileNotFoundError(f"the zoo is missing at {ZOO_DIR}; rebuild it with "
-                                f"`python -m osd_lab.zoo.train`")
+                                f"`python zoo/train.py` (in the repository)")
     device = get_device(device)
     tokenizer = AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
     target, draft = (AutoModelForCausalLM.from_pretrained(ZOO_DIR / part, dtype=dtype)
@@ -119,7 +119,7 @@ def load_zoo(device=None, dtype=torch.float32, name="zoo") -> ModelPair:
     return ModelPair(target, draft, tokenizer, name, shared_vocab_size(target, draft, tokenizer))
 
 
-def load_pair(name="zoo", device=None, dtype=None, allow_download=False) -> ModelPair:
+def load_pair(name="zoo", *, device=None, dtype=None, allow_download=False) -> ModelPair:
     """Load a target, its draft and their tokenizer, in eval mode on ``device``.
 
     name: ``"zoo"`` (the offline default; ``"zoo-all"``: its target with a

@@ -21,6 +21,7 @@ import random
 import threading
 import weakref
 from collections import deque
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -31,12 +32,12 @@ from osd_lab.batched import (BATCH_DRAFT_LEN_POLICIES, batched_autoregressive_ge
                              batched_speculative_generate)
 from osd_lab.checks import (ArgumentError, check_choice, check_float, check_int, check_seed,
                             is_integer)
-from osd_lab.decoding import autoregressive_generate, make_policy, speculative_generate
-from osd_lab.distill import (add_lora, batch_targets, check_lora_rank, continuation_logits,
-                             default_lr, default_warmup_updates, first_scored, guarded_step,
-                             make_batch, master_weights, merge_lora, num_parameters,
-                             select_tokens)
-from osd_lab.divergences import DIVERGENCES, compress, masked_mean, token_divergence
+from osd_lab.decoding import (DEFAULT_DRAFT_LEN, autoregressive_generate, make_policy,
+                              speculative_generate)
+from osd_lab.distill import batch_targets, distillation_step, first_scored, make_batch
+from osd_lab.divergences import DIVERGENCES, compress
+from osd_lab.finetune import (add_lora, check_lora_rank, default_lr, default_warmup_updates,
+                              master_weights, merge_lora, num_parameters)
 from osd_lab.models import output_vocab_size
 from osd_lab.policies import (DEFAULT_DRAFT_LEN_POLICY, GoodputPolicy, check_stop_rule,
                               moving_average)
@@ -44,15 +45,6 @@ from osd_lab.timing import clock
 
 STREAMS = ("sharp", "smooth", "iid")
 UPDATE_MODES = ("auto", "sync", "background")
-# The online decoder's defaults, in one place: OnlineSpeculativeDecoder's
-# signature, the main job's flags (osd_lab.__main__) and the dashboard's
-# sliders (osd_lab.dashboard) read them. draft_len None: the policy's
-# (decoding.DEFAULT_DRAFT_LEN, 16 for goodput); stop_rule "auto": the
-# confidence rule with goodput; lr None: distill.default_lr by the draft's size;
-# update_interval None: UPDATE_INTERVAL of the update mode the decoder runs in.
-DEFAULTS = dict(draft_len_policy=DEFAULT_DRAFT_LEN_POLICY, draft_len=None, stop_rule="auto",
-                update_interval=None, buffer_size=128, loss="fkl", lr=None, batch_size=8,
-                max_new_tokens=32, update_mode="auto")
 # update_interval None: by the update mode. On the serving path an update costs serving
 # time: every 4th query. In the background it costs only the threads it takes while it
 # runs: after every query (a waiting update is not queued twice, so a trainer slower than
@@ -67,7 +59,7 @@ ALPHA_SMOOTHING = 0.05  # weight of each decided position in a draft's running a
 # parameters (a 0.5B/1.5B Qwen pair in float32: 10.1-10.6 GiB peak instead of 15.5-15.9
 # with full fine-tuning, benchmarks/memory.py), every weight trained below it (the zoo's 2M
 # draft, as before).
-# LORA_ABOVE is distill.UNDO_LIMIT too: the default never gives up the exact undo.
+# LORA_ABOVE is finetune.UNDO_LIMIT too: the default never gives up the exact undo.
 LORA_ABOVE = 10**8
 LORA_RANK = 16
 
@@ -78,10 +70,87 @@ def default_update_interval(update_mode="auto", threads=None) -> int:
     return UPDATE_INTERVAL[resolve_update_mode(update_mode, threads)]
 
 
+@dataclass(frozen=True)
+class OnlineConfig:
+    """The online decoder's settings, every default defined here once: the main
+    job's flags (``osd_lab.__main__``) and the dashboard's sliders
+    (``osd_lab.dashboard``) start from them. Derive others with
+    ``dataclasses.replace``; ``OnlineSpeculativeDecoder`` checks them."""
+
+    # decoding
+    # "goodput" (one GoodputPolicy per draft: each draft's running alpha carries
+    # from query to query and follows its updates), "constant" or "heuristic"
+    draft_len_policy: str = DEFAULT_DRAFT_LEN_POLICY
+    # tokens drafted per step: gamma (constant), its start (heuristic) or its most
+    # (goodput); None: the policy's (decoding.DEFAULT_DRAFT_LEN: 4, 4 and 16)
+    draft_len: int | None = None
+    # a stopping rule (osd_lab.policies): "auto" is transformers' confidence rule
+    # with goodput, none with the others; None: no rule
+    stop_rule: str | None = "auto"
+    stop_threshold: float | None = None  # the rule's threshold; None: policies.STOP_THRESHOLD
+    max_new_tokens: int = 32  # tokens per answer, at least 2 (with 1, nothing is drafted)
+    temperature: float = 0.0  # 0: greedy
+    # also decode every query autoregressively, untimed as serving but timed
+    # beside it (history's baseline_s, baseline_tokens), for evaluation.served_speed
+    baseline: bool = False
+
+    # updates
+    # "sync": each update on the serving path, after the query that made it due;
+    # "background": in a thread, on a copy of the draft (OnlineSpeculativeDecoder);
+    # "auto": "background" with 2 threads or more, else "sync" (off the serving path
+    # was measured faster: README, "Online speculative decoding")
+    update_mode: str = "auto"
+    # queries between updates; None: UPDATE_INTERVAL of the mode the decoder runs
+    # in (4 with the updates on the serving path, 1 in the background)
+    update_interval: int | None = None
+    # the CPU threads the decoder may use (None: torch's current count); a
+    # background trainer takes half of them while it runs; the baseline always
+    # decodes with all of them
+    threads: int | None = None
+    # a draft whose running alpha (over the positions verification decided on the
+    # queries it served) is at or above this takes no update: it already matches
+    # the target on this traffic, and an update costs serving time (None: always update)
+    update_below_alpha: float | None = 0.8
+
+    # distillation
+    buffer_size: int = 128  # corrected queries kept per draft (oldest dropped first)
+    # the buffer keeps, per position, the target's top k log-probabilities and the
+    # mass of the rest (divergences.compress; 64 of 151936 Qwen tokens hold
+    # 64 * 8 + 4 bytes instead of 600 kB); None keeps the full logits
+    buffer_top_k: int | None = 64
+    loss: str = "fkl"  # a divergence of osd_lab.divergences
+    # None: finetune.default_lr by the draft's size (1e-3 for the zoo, 1e-5 for a 0.5B draft)
+    lr: float | None = None
+    batch_size: int = 8  # buffered queries per update
+    # updates over which lr ramps up linearly; None: finetune.default_warmup_updates
+    # (0 for the zoo)
+    warmup_updates: int | None = None
+    # None for plain distillation, or AdaSPEC's k in (0, 1]: each draft then has a
+    # reference copy, distilled with forward KL on the same batches, and the draft
+    # trains only on the top k of tokens by
+    # delta = KL(p || q_draft) - KL(p || q_reference)
+    keep_fraction: float | None = None
+    # "auto" chooses per draft by its size: LoRA of rank LORA_RANK (16) over
+    # LORA_ABOVE (10^8) parameters, such as a 0.5B Qwen, and full fine-tuning under
+    # it, such as the zoo's 2M draft. An integer adds LoRA adapters of that rank to
+    # each draft (finetune.add_lora, through peft): the drafts' base weights never
+    # move, and an update saves only the adapters for its undo. None asks for full
+    # fine-tuning of every draft: every weight trains (a half-precision draft through
+    # float32 master weights, finetune.master_weights; over UNDO_LIMIT weights without
+    # an undo copy, see finetune.guarded_step); for a float32 0.5B draft that adds its
+    # gradients and AdamW's moments, 12 bytes a weight (README, "Real pairs: memory
+    # and LoRA"). The decoder's lora_ranks holds each draft's choice.
+    lora_rank: int | str | None = "auto"
+    seed: int = 0  # the buffer's sampling and the decoding's generator
+
+
+DEFAULTS = OnlineConfig()  # the decoder's defaults: DEFAULTS.update_mode, ...
+
+
 # -----------------------------------------------------------------------------
 # query streams
 
-def make_stream(kind, prompts_by_domain, num_queries, seed=0):
+def make_stream(kind, prompts_by_domain, num_queries, *, seed=0):
     """A list of ``(domain, prompt)`` queries whose domain mix changes over time.
 
     "sharp": one block per domain, in order; "smooth": the mix moves linearly
@@ -215,49 +284,16 @@ def choose_lora_rank(draft, lora_rank):
 class OnlineSpeculativeDecoder:
     """Serve queries with speculative decoding and keep distilling the draft(s).
 
-    drafts: one model, or a dict ``{name: model}`` with a ``router``.
-    draft_len: tokens drafted per step; update_interval: queries between
-    distillation steps (None: 4 with the updates on the serving path, 1 in
-    the background, ``UPDATE_INTERVAL``); buffer_size: corrected queries kept (oldest dropped
-    first); loss: a divergence of ``osd_lab.divergences``; batch_size: queries
-    per update; max_new_tokens, temperature: decoding settings.
-    keep_fraction: None for plain distillation, or AdaSPEC's k in (0, 1]: each
-    draft then has a reference copy, distilled with forward KL on the same
-    batches, and the draft trains only on the top k of tokens by
-    delta = KL(p || q_draft) - KL(p || q_reference).
-    lr: None picks ``default_lr`` by the draft's size (1e-3 for the zoo,
-    1e-5 for a 0.5B draft); warmup_updates: updates over which lr ramps up
-    linearly (None: ``default_warmup_updates``, 0 for the zoo).
-    lora_rank: "auto" (the default) chooses per draft by its size: LoRA of rank
-    ``LORA_RANK`` (16) over ``LORA_ABOVE`` (10^8) parameters, such as a 0.5B
-    Qwen, and full fine-tuning under it, such as the zoo's 2M draft. An
-    integer adds LoRA adapters of that rank to each draft (``add_lora``,
-    through ``peft``): the drafts' base weights never move, and an update
-    saves only the adapters for its undo. None asks for full fine-tuning of
-    every draft: every weight trains (a half-precision draft through float32
-    master weights, ``master_weights``; over ``UNDO_LIMIT`` weights without an
-    undo copy, see ``guarded_step``); for a float32 0.5B draft that adds its
-    gradients and AdamW's moments, 12 bytes a weight (README, "Real pairs:
-    memory and LoRA"). ``lora_ranks`` holds each draft's choice.
-    buffer_top_k: the buffer keeps, per position, the target's top k
-    log-probabilities and the mass of the rest (``divergences.compress``; 64
-    of 151936 Qwen tokens hold 64 * 8 + 4 bytes instead of 600 kB); None
-    keeps the full logits.
-
-    draft_len_policy: "goodput" (the default; one ``GoodputPolicy`` per
-    draft, so each draft's running alpha carries from query to query and
-    follows its updates), "constant" or "heuristic"; draft_len: its
-    ``draft_len`` (default: the policy's, see ``speculative_generate``);
-    stop_rule, stop_threshold: a stopping rule (``osd_lab.policies``; the
-    default "auto" is transformers' confidence rule with goodput, none with
-    the others); costs: the pair's ``SpeculationCosts`` for goodput
-    (default: measured once per draft). Every default is ``DEFAULTS``'s.
-    baseline: also decode every query autoregressively, untimed as serving
-    but timed beside it, for ``osd_lab.evaluation.served_speed``.
-    update_below_alpha: a draft whose running alpha (over the positions
-    verification decided on the queries it served) is at or above this takes
-    no update: it already matches the target on this traffic, and an update
-    costs serving time (None: always update).
+    drafts: one model, or a dict ``{name: model}`` with a ``router``
+    (``OracleRouter``, ``LearnedRouter``). config: the settings, an
+    ``OnlineConfig`` (default: ``DEFAULTS``); any of its fields may also be
+    given as a keyword, which overrides it (``update_interval=2``). costs: the pair's
+    ``SpeculationCosts`` for goodput (default: measured once per draft).
+    vocab_size: the tokenizer's vocabulary when the models' outputs are padded
+    past it (``ModelPair.vocab_size``; None: the models' own). The resolved
+    settings are attributes: ``update_mode`` (the mode "auto" chose),
+    ``update_interval``, ``threads``, ``draft_len``, ``stop_rule`` and
+    ``stop_threshold``; ``lora_ranks`` holds each draft's LoRA choice.
 
     ``history`` holds per query: ``domain``, ``draft`` (which served it),
     ``alpha`` (the query's ``verified_alpha``), ``tau``, ``new_tokens``,
@@ -268,10 +304,9 @@ class OnlineSpeculativeDecoder:
     ``(query_index, draft, loss, batch)`` and ``skipped`` updates as
     ``(query_index, draft)``.
 
-    update_mode: "sync" runs each update on the serving path, after the
-    query that made it due; "background" runs it in a thread
+    With update_mode "background" each update runs in a thread
     (``osd_lab.background``) on a private copy of the draft while later
-    queries are served, and copies the new weights into the serving draft
+    queries are served, and the new weights are copied into the serving draft
     between queries (``history["swaps"]``: ``(query_index, draft)``). Its
     updates take no serving time (``update_s`` 0) but half of ``threads``
     while they run; ``trainer_cpu_s`` is what they used. A trainer error is
@@ -279,49 +314,46 @@ class OnlineSpeculativeDecoder:
     error)``; serving goes on with the last good weights and the buffer
     keeps every query. Call ``close()`` (or use ``with``) to finish the
     updates, swap in their weights and stop the thread. The trainer's copy
-    holds a second set of each draft's weights in memory. "auto" (the
-    default) is "background" with 2 threads or more, else "sync": off the
-    serving path was measured faster (README, "Online speculative decoding");
-    ``update_mode`` holds the mode chosen.
-    threads: the CPU threads this decoder may use (default: torch's current
-    count); the baseline always decodes with all of them.
+    holds a second set of each draft's weights in memory.
     """
 
-    def __init__(self, target, drafts, tokenizer, draft_len=DEFAULTS["draft_len"],
-                 update_interval=DEFAULTS["update_interval"], loss=DEFAULTS["loss"],
-                 buffer_size=DEFAULTS["buffer_size"], lr=DEFAULTS["lr"],
-                 batch_size=DEFAULTS["batch_size"], max_new_tokens=DEFAULTS["max_new_tokens"],
-                 temperature=0.0, router=None, vocab_size=None, keep_fraction=None, seed=0,
-                 warmup_updates=None, lora_rank="auto", buffer_top_k=64,
-                 draft_len_policy=DEFAULTS["draft_len_policy"], stop_rule=DEFAULTS["stop_rule"],
-                 stop_threshold=None, costs=None, baseline=False, update_below_alpha=0.8,
-                 update_mode=DEFAULTS["update_mode"], threads=None):
-        for name, value in (("buffer_size", buffer_size), ("batch_size", batch_size)):
-            check_int(name, value, low=1)
-        if update_interval is not None:
-            check_int("update_interval", update_interval, low=1)
-        check_choice("baseline", baseline, (True, False))
-        check_choice("update_mode", update_mode, UPDATE_MODES)
-        update_mode = resolve_update_mode(update_mode, threads)
-        self.threads, self.update_mode = check_threads(threads, update_mode), update_mode
-        if update_interval is None:
-            update_interval = UPDATE_INTERVAL[update_mode]
-        if update_below_alpha is not None:
-            check_float("update_below_alpha", update_below_alpha, 0, 1, low_open=True)
-        check_choice("loss", loss, DIVERGENCES)
-        if keep_fraction is not None:
-            check_float("keep_fraction (AdaSPEC's k)", keep_fraction, 0, 1, low_open=True)
-        if lr is not None:
-            check_float("lr", lr, 0, 1, low_open=True)
-        if warmup_updates is not None:
-            check_int("warmup_updates", warmup_updates, low=0)
-        check_int("max_new_tokens", max_new_tokens, low=2)  # with 1, nothing is drafted
-        check_float("temperature", temperature, low=0)
-        seed = check_seed(seed)
+    def __init__(self, target, drafts, tokenizer, config: OnlineConfig = DEFAULTS, *,
+                 router=None, costs=None, vocab_size=None, **settings):
+        if not isinstance(config, OnlineConfig):
+            raise ArgumentError(f"config must be an OnlineConfig (osd_lab.online) of the "
+                                f"decoder's settings, got {type(config).__name__}")
+        known = [f.name for f in fields(OnlineConfig)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ArgumentError(f"unknown setting(s) {unknown}: the decoder's settings are "
+                                f"OnlineConfig's fields, {known}")
+        c = self.config = replace(config, **settings)
+        for name in ("buffer_size", "batch_size"):
+            check_int(name, getattr(c, name), low=1)
+        if c.update_interval is not None:
+            check_int("update_interval", c.update_interval, low=1)
+        check_choice("baseline", c.baseline, (True, False))
+        check_choice("update_mode", c.update_mode, UPDATE_MODES)
+        self.update_mode = resolve_update_mode(c.update_mode, c.threads)
+        self.threads = check_threads(c.threads, self.update_mode)
+        self.update_interval = (UPDATE_INTERVAL[self.update_mode] if c.update_interval is None
+                                else c.update_interval)
+        if c.update_below_alpha is not None:
+            check_float("update_below_alpha", c.update_below_alpha, 0, 1, low_open=True)
+        check_choice("loss", c.loss, DIVERGENCES)
+        if c.keep_fraction is not None:
+            check_float("keep_fraction (AdaSPEC's k)", c.keep_fraction, 0, 1, low_open=True)
+        if c.lr is not None:
+            check_float("lr", c.lr, 0, 1, low_open=True)
+        if c.warmup_updates is not None:
+            check_int("warmup_updates", c.warmup_updates, low=0)
+        check_int("max_new_tokens", c.max_new_tokens, low=2)  # with 1, nothing is drafted
+        check_float("temperature", c.temperature, low=0)
+        seed = check_seed(c.seed)
         if vocab_size is not None:
             check_int("vocab_size", vocab_size, low=1)  # its upper bound: check_pair
-        if buffer_top_k is not None:
-            check_int("buffer_top_k", buffer_top_k, 1, vocab_size or output_vocab_size(target))
+        if c.buffer_top_k is not None:
+            check_int("buffer_top_k", c.buffer_top_k, 1, vocab_size or output_vocab_size(target))
         self.drafts = drafts if isinstance(drafts, dict) else {"draft": drafts}
         if not self.drafts:
             raise ValueError("drafts must be a model or a non-empty dict {name: model}, got {}")
@@ -331,22 +363,20 @@ class OnlineSpeculativeDecoder:
             raise ValueError(f"router must route to the drafts {sorted(self.drafts)}, "
                              f"got one for {router.names}")
         self.target, self.tokenizer, self.router = target, tokenizer, router
-        self.update_interval, self.loss = update_interval, loss
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.temperature, self.vocab_size = temperature, vocab_size
-        self.buffers = {name: deque(maxlen=buffer_size) for name in self.drafts}
-        self.keep_fraction, self.buffer_top_k = keep_fraction, buffer_top_k
+        self.vocab_size = vocab_size
+        self.buffers = {name: deque(maxlen=c.buffer_size) for name in self.drafts}
         # every draft checked before any is changed
-        self.lora_ranks = {name: choose_lora_rank(d, lora_rank) for name, d in self.drafts.items()}
+        self.lora_ranks = {name: choose_lora_rank(d, c.lora_rank)
+                           for name, d in self.drafts.items()}
         for name, draft in self.drafts.items():
             if self.lora_ranks[name] is not None:
                 add_lora(draft, self.lora_ranks[name])
         # the models updates train: the serving drafts, or in the background copies of them
-        self.trained = (self.drafts if update_mode == "sync"
+        self.trained = (self.drafts if self.update_mode == "sync"
                         else {name: copy.deepcopy(d) for name, d in self.drafts.items()})
         # AdaSPEC: a reference per draft, from the same weights, trained with plain FKL
         self.references = ({name: copy.deepcopy(d) for name, d in self.drafts.items()}
-                           if keep_fraction is not None else {})
+                           if c.keep_fraction is not None else {})
         models = {**self.trained, **{("reference", n): r for n, r in self.references.items()}}
         ranks = {**self.lora_ranks,
                  **{("reference", n): self.lora_ranks[n] for n in self.references}}
@@ -358,8 +388,9 @@ class OnlineSpeculativeDecoder:
             trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: adapters
             self.optimizers[key] = torch.optim.AdamW(
                 self.masters[key] or trainable,
-                lr=default_lr(model, ranks[key]) if lr is None else lr, weight_decay=0.0)
-            warmup = default_warmup_updates(model) if warmup_updates is None else warmup_updates
+                lr=default_lr(model, ranks[key]) if c.lr is None else c.lr, weight_decay=0.0)
+            warmup = (default_warmup_updates(model) if c.warmup_updates is None
+                      else c.warmup_updates)
             self.schedulers[key] = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizers[key], lambda step, w=warmup: min(1.0, (step + 1) / (w + 1)))
         self.rng = random.Random(seed)
@@ -369,18 +400,18 @@ class OnlineSpeculativeDecoder:
             "draft_len", "notes", "updates", "skipped", "baseline_s", "baseline_tokens",
             "swaps", "trainer_errors")}
         # how each draft drafts: the same settings speculative_generate checks
-        self.baseline = baseline
-        self.stop_rule, self.stop_threshold = check_stop_rule(stop_rule, stop_threshold,
-                                                              draft_len_policy)
-        self.policies = {name: make_policy(target, d, draft_len_policy, draft_len, costs)
-                         for name, d in self.drafts.items()}
+        self.stop_rule, self.stop_threshold = check_stop_rule(c.stop_rule, c.stop_threshold,
+                                                              c.draft_len_policy)
+        self.policies = {name: make_policy(target, d, c.draft_len_policy, c.draft_len, costs)
+                         for name, d in self.drafts.items()}  # one per draft, across queries
+        self.draft_len = (DEFAULT_DRAFT_LEN[c.draft_len_policy] if c.draft_len is None
+                          else c.draft_len)
         self.fresh = dict.fromkeys(self.drafts, 0)  # queries buffered since the last update
-        self.update_below_alpha = update_below_alpha
         self.running_alpha = dict.fromkeys(self.drafts, 0.5)  # per draft, on what it served
         self.lock = threading.Lock()  # the buffers and published weights, across threads
         self.published = {}  # name -> trainable weights the trainer kept, not yet swapped in
         self.trainer = None
-        if update_mode == "background":
+        if self.update_mode == "background":
             self.trainer = BackgroundTrainer(self._train_in_background)
             weakref.finalize(self, self.trainer.close)  # deleting the decoder stops its thread
 
@@ -423,7 +454,7 @@ class OnlineSpeculativeDecoder:
 
     def _draft_changed(self, name):
         """New weights serve as draft ``name``: its goodput policy probes again soon."""
-        policy = self.policies[name][0]
+        policy = self.policies[name]
         if isinstance(policy, GoodputPolicy):
             policy.draft_changed()
 
@@ -464,25 +495,23 @@ class OnlineSpeculativeDecoder:
         if ids.shape[1] == 0:
             raise ValueError("empty prompt")
         name, note = self.router.route(ids, domain) if self.router else ("draft", None)
-        policy, draft_len = self.policies[name]
         self.swap_in()  # between queries: the trainer's latest weights, if any
         with self._serving_threads():
             out = speculative_generate(
-                self.target, self.drafts[name], ids, self.max_new_tokens,
-                draft_len=None if isinstance(policy, GoodputPolicy) else draft_len,
-                draft_len_policy=policy, stop_rule=self.stop_rule,
-                stop_threshold=self.stop_threshold, temperature=self.temperature,
+                self.target, self.drafts[name], ids, self.config.max_new_tokens,
+                draft_len_policy=self.policies[name], stop_rule=self.stop_rule,
+                stop_threshold=self.stop_threshold, temperature=self.config.temperature,
                 eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
                 vocab_size=self.vocab_size, record_target_logits=True)
-        self._record(ids, domain, name, note, out.tokens, out.stats, out.stats["wall_time_s"])
-        if self.baseline:  # the same query, plain decoding, the same stopping rule
+        self._record(ids, domain, name, note, out.tokens, out.stats, out.stats.wall_time_s)
+        if self.config.baseline:  # the same query, plain decoding, the same stopping rule
             with self._baseline_threads():
-                plain = autoregressive_generate(self.target, ids, self.max_new_tokens,
-                                                temperature=self.temperature,
+                plain = autoregressive_generate(self.target, ids, self.config.max_new_tokens,
+                                                temperature=self.config.temperature,
                                                 eos_token_id=self.tokenizer.eos_token_id,
                                                 generator=self.generator)
-            self.history["baseline_s"].append(plain.stats["wall_time_s"])
-            self.history["baseline_tokens"].append(plain.stats["new_tokens"])
+            self.history["baseline_s"].append(plain.stats.wall_time_s)
+            self.history["baseline_tokens"].append(plain.stats.new_tokens)
         self.history["update_s"][-1] += self.run_due_updates(1)
         return self.tokenizer.decode(out.tokens, skip_special_tokens=True)
 
@@ -496,8 +525,8 @@ class OnlineSpeculativeDecoder:
         start = clock(self.target.device)
         for _ in range(due):
             for name in self.drafts:
-                matches = (self.update_below_alpha is not None
-                           and self.running_alpha[name] >= self.update_below_alpha)
+                matches = (self.config.update_below_alpha is not None
+                           and self.running_alpha[name] >= self.config.update_below_alpha)
                 if self.fresh[name] and not matches:  # else the update would buy nothing
                     if self.trainer is None:
                         with torch_threads(self.threads):
@@ -539,29 +568,28 @@ class OnlineSpeculativeDecoder:
         self.swap_in()  # between batches: the trainer's latest weights, if any
         for name in dict.fromkeys(name for name, _ in routes):  # one batch per draft
             group = [i for i, (n, _) in enumerate(routes) if n == name]
-            policy, draft_len = self.policies[name]
             with self._serving_threads():
                 out = batched_speculative_generate(
                     self.target, self.drafts[name], [ids[i] for i in group],
-                    self.max_new_tokens,
-                    draft_len=None if draft_len_policy == "bass" else draft_len,
-                    draft_len_policy=draft_len_policy, temperature=self.temperature,
+                    self.config.max_new_tokens,
+                    draft_len=None if draft_len_policy == "bass" else self.draft_len,
+                    draft_len_policy=draft_len_policy, temperature=self.config.temperature,
                     eos_token_id=self.tokenizer.eos_token_id, generator=self.generator,
                     vocab_size=self.vocab_size, record_target_logits=True)
-            for i, tokens, stats in zip(group, out.tokens, out.stats["sequences"]):
-                results[i] = tokens, stats, out.stats["wall_time_s"]
-            if self.baseline:
+            for i, tokens, stats in zip(group, out.tokens, out.stats.sequences):
+                results[i] = tokens, stats, out.stats.wall_time_s
+            if self.config.baseline:
                 with self._baseline_threads():
                     plain = batched_autoregressive_generate(
-                        self.target, [ids[i] for i in group], self.max_new_tokens,
-                        temperature=self.temperature, eos_token_id=self.tokenizer.eos_token_id,
-                        generator=self.generator)
+                        self.target, [ids[i] for i in group], self.config.max_new_tokens,
+                        temperature=self.config.temperature,
+                        eos_token_id=self.tokenizer.eos_token_id, generator=self.generator)
                 for i, tokens in zip(group, plain.tokens):
-                    baselines[i] = plain.stats["wall_time_s"], len(tokens)
+                    baselines[i] = plain.stats.wall_time_s, len(tokens)
         for i, (tokens, stats, latency) in enumerate(results):  # history in query order
             name, note = routes[i]
             self._record(ids[i][None], domains[i], name, note, tokens, stats, latency)
-            if self.baseline:
+            if self.config.baseline:
                 self.history["baseline_s"].append(baselines[i][0])
                 self.history["baseline_tokens"].append(baselines[i][1])
         self.history["update_s"][-1] += self.run_due_updates(len(prompts))
@@ -595,26 +623,27 @@ class OnlineSpeculativeDecoder:
         """After a query (``ids`` ``(1, T)``) was served by draft ``name``:
         buffer it if the target corrected the draft, let the router learn its
         domain, and append it to ``history``."""
-        if stats["corrections"] or 0 in stats["draft_lens"]:  # the target wrote some of it
+        if stats.corrections or 0 in stats.draft_lens:  # the target wrote some of it
             sequence = torch.cat([ids[0], tokens]).cpu()  # keep it, with the target's logits
-            logits = stats["target_logits"]  # (N, V)
-            kept = compress(logits, self.buffer_top_k) if self.buffer_top_k else logits
+            logits = stats.target_logits  # (N, V)
+            top_k = self.config.buffer_top_k
+            kept = compress(logits, top_k) if top_k else logits
             with self.lock:  # the trainer may be sampling it
                 self.buffers[name].append((sequence, ids.shape[1], kept.to("cpu")))
             self.fresh[name] += 1
         self.running_alpha[name] = moving_average(self.running_alpha[name],
-                                                  stats["decided_alpha"], ALPHA_SMOOTHING)
+                                                  stats.decided_alpha, ALPHA_SMOOTHING)
         if self.router:
             self.router.observe(ids, domain)
         h = self.history
         h["domain"].append(domain)
         h["draft"].append(name)
-        h["alpha"].append(stats["verified_alpha"])
-        h["tau"].append(stats["tau"])
-        h["new_tokens"].append(stats["new_tokens"])
+        h["alpha"].append(stats.verified_alpha)
+        h["tau"].append(stats.tau)
+        h["new_tokens"].append(stats.new_tokens)
         h["latency_s"].append(latency)
         h["update_s"].append(0.0)
-        h["draft_len"].append(sum(stats["draft_lens"]) / max(1, len(stats["draft_lens"])))
+        h["draft_len"].append(sum(stats.draft_lens) / max(1, len(stats.draft_lens)))
         h["notes"].append(note)
 
     def update(self, name="draft") -> bool:
@@ -626,46 +655,34 @@ class OnlineSpeculativeDecoder:
             buffer = list(self.buffers[name])
         if not buffer:
             return False
-        batch = self.rng.sample(buffer, min(self.batch_size, len(buffer)))
+        batch = self.rng.sample(buffer, min(self.config.batch_size, len(buffer)))
         prompt_lens = [n for _, n, _ in batch]
         ids, mask = make_batch([seq for seq, _, _ in batch], prompt_lens)
         start = first_scored(mask)  # positions before it are every row's prompt
         mask = mask[:, start:]  # (B, L'), L' = L - 1 - start
         # (B, L', V) logits, or a CompactDistribution of (B, L') positions
-        target_logits = batch_targets([t for _, _, t in batch], prompt_lens, mask.shape, start)
-        ids, mask = ids.to(draft.device), mask.to(draft.device)
-        target_logits = target_logits.to(draft.device)
+        targets = batch_targets([t for _, _, t in batch], prompt_lens, mask.shape, start)
+        ids, mask, targets = ids.to(draft.device), mask.to(draft.device), targets.to(draft.device)
         query = len(self.history["domain"])
         reference_loss = None
         if name in self.references:  # AdaSPEC: which tokens can a draft this size learn?
-            _, reference_loss = self._step(self.references[name], ("reference", name), ids,
-                                           start, target_logits, mask, "fkl")
-        value, _ = self._step(draft, name, ids, start, target_logits, mask, self.loss,
-                              reference_loss)
+            reference_loss = self._step(self.references[name], ("reference", name), ids,
+                                        targets, mask, "fkl").per_token  # (B, L')
+        value = self._step(draft, name, ids, targets, mask, self.config.loss, reference_loss).loss
         if value is None:
             self.history["skipped"].append((query, name))
         else:
             self.history["updates"].append((query, name, value, len(batch)))
         return value is not None
 
-    def _step(self, model, key, ids, start, target_logits, mask, loss, reference_loss=None):
-        """One optimiser step on the masked mean divergence over positions ``start``
-        on of ``ids`` ``(B, L)`` (``mask`` and ``target_logits``: ``(B, L')``,
-        L' = L - 1 - start). With a ``reference_loss`` ``(B, L')`` (AdaSPEC) only the
-        top ``keep_fraction`` of tokens by KL(p || q_model) - reference_loss count.
-        Returns the loss, or None (weights and optimiser state restored) when the
-        loss, gradient, new weights or the new logits on ``ids`` are not finite
-        (``guarded_step``), and the per-token divergence ``(B, L')`` before the step."""
-        model.train()
-        draft_logits = continuation_logits(model, ids, start, self.vocab_size)  # (B, L', V)
-        per_token = token_divergence(loss, target_logits, draft_logits)  # (B, L')
-        if reference_loss is not None:
-            mask = select_tokens(token_divergence("fkl", target_logits, draft_logits),
-                                 reference_loss, mask, self.keep_fraction)
-        value = masked_mean(per_token, mask)
-        ok = guarded_step(model, self.optimizers[key], value, ids,  # never serve a broken draft
-                          self.masters[key])
-        if ok:
+    def _step(self, model, key, ids, targets, mask, loss, reference_loss=None):
+        """``distill.distillation_step`` of ``model`` with the optimiser and the
+        master weights under ``key``; a step taken advances its warm-up. Never
+        serves a broken draft: a step that would leave one is skipped (loss None)."""
+        result = distillation_step(model, self.optimizers[key], ids, targets, mask, loss=loss,
+                                   vocab_size=self.vocab_size, reference_loss=reference_loss,
+                                   keep_fraction=self.config.keep_fraction,
+                                   master=self.masters[key])
+        if result.loss is not None:
             self.schedulers[key].step()  # warm-up counts the updates taken
-        model.eval()
-        return (value.item() if ok else None), per_token.detach()
+        return result

@@ -13,7 +13,7 @@ Draft-length policies choose the block length gamma before a step:
   with alpha a running estimate of the draft's exact acceptance rate, c the
   draft's step time and v(n) the target's time for one pass over n tokens,
   both in units of a one-token target step (``SpeculationCosts``, measured
-  by ``osd_lab.cost.measure_costs``). gamma = 0 is plain decoding: a badly
+  by ``osd_lab.measure.measure_costs``). gamma = 0 is plain decoding: a badly
   matched draft switches itself off, and drafts one token every
   ``probe_every`` steps so that its alpha stays measured.
 
@@ -34,10 +34,22 @@ a CPU a pass over 2 or 3 tokens can cost more than over 5):
   lower bound on the acceptance probability, 1 - sqrt(scale * H(q)), is
   below ``threshold`` (default 0.4, with ``scale`` 0.4).
 
-Taught in ``notebooks/03_when_is_it_fast``.
+BASS's schedule (Qian et al. 2024, Algorithm 1) sets one length for a
+batch: ``BassPolicy``.
+
+Every policy is an object with one small interface, which the speculative
+step (``osd_lab.step``) calls: ``next_block(extend)`` before a step, a
+``Block`` (at least ``floor`` tokens, at most ``most``; a stopping rule,
+where the drafter has one and ``extend`` is True, ends it in between), and
+``observe(drafted=, accepted=, decided_alpha=, capped=)`` after it
+(``capped``: the block was cut short by the tokens still to make, so it
+says nothing about the length).
+
+Taught in ``notebooks/03_when_is_it_fast`` and ``08_bass``.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -68,11 +80,71 @@ def moving_average(estimate: float, values, smoothing: float) -> float:
     return estimate
 
 
-def next_draft_len(policy: str, draft_len: int, num_accepted: int) -> int:
-    """The next draft length of the "constant" and "heuristic" policies."""
-    if policy == "heuristic":
-        return draft_len + 2 if num_accepted == draft_len else max(1, draft_len - 1)
-    return draft_len
+@dataclass(frozen=True)
+class Block:
+    """How many tokens the next step drafts: at least ``floor``, at most
+    ``most``; a stopping rule may end the block in between."""
+
+    floor: int
+    most: int
+
+
+class ConstantPolicy:
+    """Always ``draft_len`` tokens (a stopping rule may end a block after any)."""
+
+    def __init__(self, draft_len: int = 4):
+        check_int("draft_len", draft_len, 1, MAX_DRAFT_LEN)
+        self.draft_len = draft_len
+
+    def next_block(self, extend: bool = False) -> Block:
+        return Block(1, self.draft_len)
+
+    def observe(self, *, drafted: int, accepted: int, decided_alpha, capped: bool) -> None:
+        pass
+
+
+class HeuristicPolicy(ConstantPolicy):
+    """transformers' schedule: +2 after a fully accepted block, -1 (down to 1)
+    otherwise. In a batch, "fully accepted" means by some row."""
+
+    def observe(self, *, drafted: int, accepted: int, decided_alpha, capped: bool) -> None:
+        if not capped:  # a block cut short by max_new_tokens says nothing
+            full = accepted == drafted  # (a stopping rule may have ended it early)
+            self.draft_len = self.draft_len + 2 if full else max(1, self.draft_len - 1)
+
+
+# BASS Algorithm 1: start length, increase, limit, and the divisor of the decrease
+BASS_START, BASS_INCREASE, BASS_LIMIT, BASS_MOD = 7, 2, 32, 10
+
+
+def bass_draft_len(draft_len: int, max_accepted: int, shrinking: bool) -> tuple[int, bool]:
+    """BASS's draft length for the next step (the paper's Algorithm 1).
+
+    If some row accepted every drafted token (``max_accepted == draft_len``) the
+    length grows by ``BASS_INCREASE`` up to ``BASS_LIMIT``; otherwise it shrinks
+    by ceil(draft_len / ``BASS_MOD``), and by one more when the previous step
+    shrank too (``shrinking``), but never below what the best row accepted,
+    nor below 1: l = max(1, x, l - ceil(l / l_mod) - s). Returns the new
+    length and whether this step shrank.
+    """
+    if max_accepted == draft_len:
+        return min(draft_len + BASS_INCREASE, BASS_LIMIT), False
+    shrink = math.ceil(draft_len / BASS_MOD) + int(shrinking)
+    return max(1, max_accepted, draft_len - shrink), True
+
+
+class BassPolicy(ConstantPolicy):
+    """BASS's schedule for a batch (``bass_draft_len``); ``accepted`` is the
+    most any row accepted."""
+
+    def __init__(self, draft_len: int = BASS_START):
+        super().__init__(draft_len)
+        self.shrinking = False
+
+    def observe(self, *, drafted: int, accepted: int, decided_alpha, capped: bool) -> None:
+        if not capped:
+            self.draft_len, self.shrinking = bass_draft_len(self.draft_len, accepted,
+                                                            self.shrinking)
 
 
 class GoodputPolicy:
@@ -108,7 +180,7 @@ class GoodputPolicy:
     def __init__(self, costs: SpeculationCosts, alpha: float = 0.5, max_draft_len: int = 16,
                  smoothing: float = 0.1, probe_every: int = 8):
         if not isinstance(costs, SpeculationCosts):
-            raise ValueError(f"costs must be SpeculationCosts (osd_lab.cost.measure_costs), "
+            raise ValueError(f"costs must be SpeculationCosts (osd_lab.measure.measure_costs), "
                              f"got {type(costs).__name__}")
         check_float("alpha", alpha, 0, 1)
         check_int("max_draft_len", max_draft_len, 1, MAX_DRAFT_LEN)  # weighed at every step
@@ -158,13 +230,24 @@ class GoodputPolicy:
         not at all.)"""
         self.probe_gap = min(RESUME_GAP, self.probe_every)
 
-    def observe(self, alphas) -> None:
+    def next_block(self, extend: bool = False) -> Block:
+        """The next step's block. Without a stopping rule (``extend`` False):
+        goodput's length. With one: a probe drafts ``PROBE_LEN`` tokens, the
+        rule unread; otherwise goodput's length at least, then on, up to
+        ``max_draft_len``, while the rule lets it."""
+        gamma = self.next_draft_len()
+        if extend and gamma and self.probing:
+            gamma = min(PROBE_LEN, self.max_draft_len)
+            return Block(gamma, gamma)
+        return Block(gamma, self.max_draft_len if extend and gamma else gamma)
+
+    def observe(self, *, drafted: int, accepted: int, decided_alpha, capped: bool) -> None:
         """Fold in the exact alphas of the positions verification decided: a
         running mean in which the starting alpha counts as one observation,
         until it holds 1 / smoothing of them; from then on a moving average.
         (A fresh policy so learns from its first probe: four accepted tokens
         take alpha from 0.5 to 0.9, where a moving average alone reaches 0.8.)"""
-        for value in alphas:
+        for value in decided_alpha:
             self.observed += 1
             weight = max(self.smoothing, 1 / (self.observed + 1))
             self.alpha += weight * (value - self.alpha)

@@ -123,17 +123,20 @@ def check_top_logits(top: torch.Tensor) -> None:
                          "(check its dtype, e.g. float16 overflow on CPU)")
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None = None,
-           validate: bool = True) -> torch.Tensor:
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token id per row from ``probs`` ``(..., V)``; returns ``(...)``.
 
-    validate=False skips the input checks (each a device sync and a pass over
-    the vocabulary): the decoders use it for probabilities that
-    ``logits_to_probs`` has just made, in their hot loops.
+    Checks its inputs (a device sync and a pass over the vocabulary); the
+    decoders call ``multinomial`` on the probabilities ``logits_to_probs``
+    has just made.
     """
-    if validate:
-        check_probs("probs", probs)
-        check_generator(generator, probs.device, "the tensor probs is")
+    check_probs("probs", probs)
+    check_generator(generator, probs.device, "the tensor probs is")
+    return multinomial(probs, generator)
+
+
+def multinomial(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``sample`` without the checks: ``(..., V) -> (...)``."""
     flat = probs.reshape(-1, probs.shape[-1])
     tokens = torch.multinomial(flat, 1, generator=generator)  # (N, 1)
     return tokens.reshape(probs.shape[:-1])

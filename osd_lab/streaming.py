@@ -20,7 +20,7 @@ we compute it by calling the base model itself.
   pruned tree of top-k stream candidates (greedy).
 
 The same loop decodes ``osd_lab.medusa.MedusaModel`` (Medusa-style heads).
-Training: ``python -m osd_lab.zoo.train_streams``. Taught in
+Training: ``python zoo/train_streams.py``. Taught in
 ``notebooks/09_speculative_streaming``.
 """
 
@@ -34,11 +34,11 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 
 from osd_lab.cache import cached_keys_values, forward, new_cache, rollback
 from osd_lab.checks import check_generator, check_int
-from osd_lab.decoding import MODEL_EOS, GenerationOutput, check_eos, check_prompt, first_eos
-from osd_lab.timing import clock
+from osd_lab.decoding import check_prompt
 from osd_lab.models import ZOO_DIR
-from osd_lab.sampling import check_sampling_args, get_device, logits_to_probs, sample
-from osd_lab.verify import overlap, verify
+from osd_lab.policies import ConstantPolicy
+from osd_lab.sampling import check_sampling_args, get_device
+from osd_lab.step import MODEL_EOS, GenerationOutput, Proposal, Sampler, check_eos, decode
 
 SUPPORTED_MODEL_TYPES = ("llama",)  # LlamaForCausalLM
 ADAPTED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -285,7 +285,7 @@ def saved_settings(path: Path, name: str) -> dict:
     file = Path(path) / f"{name}.json"
     if not file.is_file():
         raise FileNotFoundError(f"no trained weights at {file}; train them with "
-                                f"`python -m osd_lab.zoo.train_streams`")
+                                f"`python zoo/train_streams.py` (in the repository)")
     return json.loads(file.read_text())
 
 
@@ -295,7 +295,7 @@ def load_zoo_target(device=None) -> PreTrainedModel:
         .to(device).eval()
 
 
-def load_streaming_model(name="zoo", base: PreTrainedModel | None = None,
+def load_streaming_model(name="zoo", *, base: PreTrainedModel | None = None,
                          device=None) -> StreamingModel:
     """The zoo target with its trained streams (``osd_lab/zoo/models/streams``).
 
@@ -353,28 +353,88 @@ def draft_tree(stream_logits: torch.Tensor, tree_width: int, tree_nodes: int):
     return torch.tensor(tokens), torch.tensor(parents), torch.tensor(depths)
 
 
-def follow_target(parents: torch.Tensor, tokens: torch.Tensor, target_choice: torch.Tensor):
-    """The chain of node indices (1-based) down the tree, following the target.
-
-    At each node take the child whose token is the target's choice there
-    (``target_choice`` ``(N + 1,)``, root first) if there is one, else the first
-    child (the best-scored), down to a leaf. Verification then reads it as a chain.
-    """
-    chain, node = [], 0
-    while True:
-        children = (parents == node).nonzero().flatten() + 1
-        if len(children) == 0:
-            return chain
-        agree = children[tokens[children - 1] == target_choice[node]]
-        node = int(agree[0] if len(agree) else children[0])
-        chain.append(node)
-
-
 # -----------------------------------------------------------------------------
 # the decoding loop
 
+class StreamingTarget:
+    """A model that drafts for itself, as the target of the step: one pass
+    scores the block (its main stream) and drafts the next one (its streams
+    or heads, at the pending token and at each node)."""
+
+    def __init__(self, model, input_ids: torch.Tensor):
+        self.model, self.device, self.cache = model, model.device, new_cache(model.base)
+        # Invariant: the cache holds every token but `unread` (accepted tree
+        # nodes, read again) and `pending`: the whole prompt at the start, read
+        # in the first pass (no prefill of its own), then the newest token
+        self.unread, self.pending = input_ids[:, :0], input_ids  # (1, u), (1, P)
+
+    def score(self, proposal):
+        """Main logits ``(1, 1 + g, V)`` after the newest token and each node,
+        and the draft logits ``(1, 1 + g, gamma, V)`` of the same positions."""
+        before = self.unread.shape[1] + self.pending.shape[1] - 1  # tokens before the newest
+        pass_input = torch.cat([self.unread, self.pending, proposal.tokens[None]], dim=1)
+        streams_at = torch.arange(before, pass_input.shape[1])  # the newest, then the nodes
+        if proposal.parents is None:  # a chain: the base model's own causal pass
+            main_logits, draft_logits = self.model(pass_input, self.cache,
+                                                   streams_at=streams_at)
+        else:  # a tree: each node sees the cache, unread, pending and its ancestors
+            pass_parents = list(range(-1, before)) + (proposal.parents + before).tolist()
+            mask = ancestor_mask(pass_parents, self.cache.get_seq_length())
+            positions = (mask.sum(1) - 1).to(self.device)[None]  # (1, T): past + depth
+            main_logits, draft_logits = self.model(pass_input, self.cache, mask, positions,
+                                                   streams_at=streams_at)
+        return main_logits[:, before:], draft_logits
+
+    def commit(self, proposal, path, num_accepted, next_token) -> None:
+        """A chain keeps its accepted drafts in the cache; a tree drops all its
+        nodes (the accepted ones sit among others) and reads the accepted again."""
+        if proposal.parents is None:
+            rollback(self.cache, len(proposal.tokens) - num_accepted)
+            self.unread = self.pending[:, :0]
+        else:
+            rollback(self.cache, len(proposal.tokens))
+            self.unread = proposal.tokens[path[:num_accepted] - 1][None]
+        self.pending = next_token[:, None]
+
+
+class StreamDrafter:
+    """The drafts of a model's own streams (or Medusa heads): read off the
+    target's last pass at the last kept token, a chain (stream j's token at
+    depth j) or a pruned tree of their top tokens (``draft_tree``)."""
+
+    can_stop_early = False  # the streams draft a fixed number of tokens
+
+    def __init__(self, sampler, draft_len: int, device: torch.device,
+                 tree_nodes: int | None = None, tree_width: int = 2):
+        self.sampler, self.draft_len, self.device = sampler, draft_len, device
+        self.tree_nodes, self.tree_width = tree_nodes, tree_width
+        self.next = None  # the next Proposal; before the first pass, nothing
+
+    def propose(self, block, room: int):
+        proposal = self.next
+        if proposal is None:  # before the first pass: nothing drafted
+            return Proposal(torch.zeros(0, dtype=torch.long, device=self.device))
+        depth = min(room, block.most)  # cut to leave room for one more token
+        if proposal.parents is None:
+            q = proposal.q[:depth] if proposal.q is not None else None
+            return Proposal(proposal.tokens[:depth], q, [t[:depth] for t in proposal.tops])
+        keep = self.depths <= depth  # a prefix-closed part of the tree
+        return Proposal(proposal.tokens[keep], parents=proposal.parents[keep])
+
+    def commit(self, proposal, path, num_accepted, next_token, draft_logits) -> None:
+        last_kept = int(path[num_accepted - 1]) if num_accepted else 0  # 0: pending
+        stream_logits = draft_logits[0, last_kept, :self.draft_len]  # (draft_len, V)
+        if self.tree_nodes is None:
+            tokens, q, top = self.sampler.draw(stream_logits)  # (draft_len,)
+            self.next = Proposal(tokens, q, [] if top is None else [top])
+        else:
+            tokens, parents, self.depths = (t.to(stream_logits.device) for t in draft_tree(
+                stream_logits, self.tree_width, self.tree_nodes))
+            self.next = Proposal(tokens, parents=parents)
+
+
 @torch.inference_mode()
-def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0,
+def streaming_generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
                        top_k: int = 0, top_p: float = 1.0,
                        eos_token_id: int | list | str | None = MODEL_EOS,
                        generator: torch.Generator | None = None, draft_len: int | None = None,
@@ -387,16 +447,16 @@ def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float
     tree_nodes: None drafts a chain (stream j's sample at depth j). An integer
         drafts a tree of that many nodes from the top ``tree_width`` tokens of
         each stream (``draft_tree``); greedy only (temperature 0).
-    Each pass reads [newest token, the tokens drafted last pass]; verification
-    (``verify``) keeps a prefix of the drafts plus one token, and the streams
-    of the last kept token draft the tokens after that one.
+    The loop is ``osd_lab.step.decode``, as for a draft model: a
+    ``StreamDrafter`` proposes what the last pass's streams drafted, a
+    ``StreamingTarget`` scores it (and its streams draft again in the same
+    pass), verification keeps a prefix along the chain or the tree's branch
+    that follows the target.
 
-    Returns ``GenerationOutput(tokens (N,), stats)``; ``stats`` has
-    ``forward_passes`` (decoding passes; the prompt's prefill is one more),
-    ``tokens_per_pass``, ``accepted`` and ``draft_lens`` (drafted tokens or
-    tree nodes) per pass, ``decided_alpha`` (exact sum_v min(p, q) at the
-    positions verification decided), ``verified_alpha``, ``new_tokens``,
-    ``wall_time_s``, ``tokens_per_s``.
+    Returns ``GenerationOutput(tokens (N,), stats)``, ``stats`` an
+    ``osd_lab.step.DecodingStats``: ``target_calls`` counts the passes (the
+    first reads the prompt), ``draft_lens`` the drafted tokens or tree nodes,
+    ``tau`` the tokens per pass.
     """
     input_ids = check_prompt(model.base, input_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
@@ -413,99 +473,7 @@ def streaming_generate(model, input_ids, max_new_tokens: int, temperature: float
             raise ValueError(f"tree_nodes needs temperature=0 (greedy verification of a "
                              f"tree), got temperature={temperature}; use tree_nodes=None "
                              f"(a chain) to sample")
-
-    def probs(logits):
-        return logits_to_probs(logits, temperature, top_k, top_p)
-
-    start = clock(model.device)
-    stats = dict(accepted=[], draft_lens=[], decided_alpha=[], forward_passes=0)
-    cache = new_cache(model.base)
-    # Invariant: the cache holds every token but `unread` (accepted tree nodes,
-    # read again next pass) and `pending`, the newest one.
-    if input_ids.shape[1] > 1:
-        forward(model.base, input_ids[:, :-1], cache)
-    unread, pending = input_ids[:, :0], input_ids[:, -1:]  # (1, u), (1, 1)
-    drafted = input_ids[0, :0]  # (N,) nothing drafted before the first pass
-    parents = depths = drafted  # (N,) a tree: parent (0: pending) and depth of each node
-    q = None
-    new_tokens, num_new = [], 0
-    while num_new < max_new_tokens:
-        # 1. the drafts of the previous pass, cut to leave room for one more token
-        room = max_new_tokens - num_new - 1
-        if tree_nodes is None:
-            drafted = drafted[:room]  # (g,), a chain
-        elif len(drafted):
-            keep = depths <= room  # a prefix-closed part of the tree
-            drafted, parents, depths = drafted[keep], parents[keep], depths[keep]
-        num_drafted, num_unread = len(drafted), unread.shape[1]
-        pass_input = torch.cat([unread, pending, drafted[None]], dim=1)  # (1, u + 1 + g)
-        # 2. one pass: the main stream scores it all, the streams draft
-        streams_at = torch.arange(num_unread, pass_input.shape[1])  # pending and drafts
-        if tree_nodes is None:  # a chain: the base model's own causal pass
-            main_logits, draft_logits = model(pass_input, cache, streams_at=streams_at)
-        else:  # a tree: each node sees the cache, unread, pending and its ancestors
-            pass_parents = list(range(-1, num_unread)) + \
-                (parents + num_unread).tolist()  # indices within the pass
-            mask = ancestor_mask(pass_parents, cache.get_seq_length())
-            positions = (mask.sum(1) - 1).to(model.device)[None]  # (1, T): past + depth
-            main_logits, draft_logits = model(pass_input, cache, mask, positions,
-                                              streams_at=streams_at)
-        p = probs(main_logits[:, num_unread:])  # (1, 1 + g, V): pending, then drafts
-        stats["forward_passes"] += 1
-        # 3. verify the drafts along a chain: all of them, or the tree's branch
-        #    that follows the target (greedy: q is one-hot on each drafted token)
-        if tree_nodes is None:
-            chain = torch.arange(1, num_drafted + 1)
-        else:
-            chain = torch.tensor(follow_target(parents, drafted, p[0].argmax(-1)),
-                                 dtype=torch.long)
-            q = torch.nn.functional.one_hot(drafted, p.shape[-1]).float()[None]
-        chain_tokens = drafted[chain - 1][None]  # (1, G)
-        if len(chain):
-            p_chain = p[:, torch.cat([chain.new_zeros(1), chain])]  # (1, G + 1, V)
-            result = verify(p_chain, q[:, chain - 1], chain_tokens, generator, validate=False)
-            n, next_token = int(result.num_accepted), result.next_token
-            stats["decided_alpha"] += overlap(p_chain[0, :-1], q[0, chain - 1],
-                                             validate=False)[:n + 1].tolist()
-        else:
-            n, next_token = 0, sample(p[:, 0], generator, validate=False)
-        stats["accepted"].append(n)
-        stats["draft_lens"].append(num_drafted)
-        step_tokens = torch.cat([chain_tokens[0, :n], next_token])  # (n + 1,)
-        last_kept = int(chain[n - 1]) if n else 0  # in [pending, drafts] numbering
-        # 4. the cache read unread + pending + the drafts. A chain keeps the n
-        #    accepted drafts; a tree drops all its nodes (the accepted ones sit
-        #    among others) and the n accepted are read again next pass
-        if tree_nodes is None:
-            rollback(cache, num_drafted - n)
-        else:
-            rollback(cache, num_drafted)
-            unread = chain_tokens[:, :n]
-        pending = next_token[:, None]
-        # 5. the streams of the last kept token draft what follows next_token
-        stream_logits = draft_logits[0, last_kept, :draft_len]  # (draft_len, V)
-        if tree_nodes is None:
-            q = probs(stream_logits)[None]  # (1, draft_len, V)
-            drafted = sample(q, generator, validate=False)[0]  # (draft_len,)
-        else:
-            drafted, parents, depths = (t.to(model.device) for t in
-                                        draft_tree(stream_logits, tree_width, tree_nodes))
-        # 6. stop at EOS (inclusive) or at max_new_tokens
-        eos_at = first_eos(step_tokens, eos_ids)
-        if eos_at is not None:
-            new_tokens.append(step_tokens[:eos_at + 1])
-            if eos_at < n:  # EOS was an accepted draft: what follows it never happened
-                stats["accepted"][-1] = eos_at + 1
-                decided = stats["decided_alpha"]  # this pass added min(n + 1, G) to it
-                del decided[len(decided) - min(n + 1, len(chain)) + eos_at + 1:]
-            break
-        new_tokens.append(step_tokens)
-        num_new += n + 1
-
-    wall = clock(model.device) - start
-    tokens = torch.cat(new_tokens)
-    decided = stats["decided_alpha"]
-    stats.update(new_tokens=len(tokens), wall_time_s=wall, tokens_per_s=len(tokens) / wall,
-                 tokens_per_pass=len(tokens) / stats["forward_passes"],
-                 verified_alpha=sum(decided) / len(decided) if decided else float("nan"))
-    return GenerationOutput(tokens, stats)
+    sampler = Sampler(temperature, top_k, top_p, generator)
+    return decode(StreamingTarget(model, input_ids),
+                  StreamDrafter(sampler, draft_len, model.device, tree_nodes, tree_width),
+                  ConstantPolicy(draft_len), sampler, max_new_tokens, eos_ids)

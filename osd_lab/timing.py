@@ -22,15 +22,6 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def target_passes(out) -> int:
-    """Target forward passes a decoder made, the ones that read the prompt included
-    (a decoder's separate prefill pass, where it has one, not counted)."""
-    stats = out.stats
-    if "forward_passes" in stats:
-        return stats["forward_passes"]
-    return stats["target_calls"]
-
-
 def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
                       repeats: int = 2) -> dict:
     """``{name: dict(wall_s, tokens, passes, outputs, stats)}`` for decoders
@@ -49,9 +40,9 @@ def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
         for name, decode in decoders.items():
             runs = [decode(ids) for ids in prompts]
             results[name].update(
-                wall_s=min(results[name]["wall_s"], sum(r.stats["wall_time_s"] for r in runs)),
+                wall_s=min(results[name]["wall_s"], sum(r.stats.wall_time_s for r in runs)),
                 tokens=sum(len(r.tokens) for r in runs),
-                passes=sum(target_passes(r) for r in runs),
+                passes=sum(r.stats.target_calls for r in runs),
                 outputs=[r.tokens.tolist() for r in runs], stats=[r.stats for r in runs])
     return results
 

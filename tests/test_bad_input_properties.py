@@ -28,7 +28,8 @@ from osd_lab.dashboard import check_settings
 from osd_lab.decoding import autoregressive_generate, speculative_generate
 from osd_lab.distill import distill
 from osd_lab.divergences import DIVERGENCES, token_divergence
-from osd_lab.online import STREAMS, LearnedRouter, OnlineSpeculativeDecoder, make_stream
+from osd_lab.online import (STREAMS, LearnedRouter, OnlineConfig, OnlineSpeculativeDecoder,
+                            make_stream)
 from osd_lab.sampling import logits_to_probs, sample, set_seed
 from osd_lab.verify import overlap, residual_distribution, verify
 
@@ -334,7 +335,7 @@ def test_speculative_generate(models, prompt, max_new_tokens, draft_len, tempera
     def is_output(out):
         assert 1 <= len(out.tokens) <= max_new_tokens
         are_tokens(out.tokens, out.tokens.shape, shared)
-        assert all(0 <= a <= 1 + 1e-5 for a in out.stats["decided_alpha"])
+        assert all(0 <= a <= 1 + 1e-5 for a in out.stats.decided_alpha)
 
     check_outcome(lambda: speculative_generate(*models, prompt, max_new_tokens,
                                                draft_len=draft_len, temperature=temperature,
@@ -371,7 +372,7 @@ def test_distill_settings(models, loss, data, steps, lr, batch_size, mix_ratio, 
         assert all(math.isfinite(v) for v in history["loss"])
         assert all(torch.isfinite(p).all() for p in draft.parameters())
 
-    check_outcome(lambda: distill(draft, target, prompts, loss=loss, data=data, steps=steps,
+    check_outcome(lambda: distill(target, draft, prompts, loss=loss, data=data, steps=steps,
                                   lr=lr, batch_size=batch_size, mix_ratio=mix_ratio,
                                   temperature=temperature, max_new_tokens=max_new_tokens,
                                   progress=False),
@@ -391,10 +392,11 @@ def test_distill_settings(models, loss, data, steps, lr, batch_size, mix_ratio, 
 def test_online_decoder_settings(models, update_interval, buffer_size, draft_len, lr,
                                  max_new_tokens, temperature, keep_fraction, loss, seed):
     check_outcome(lambda: OnlineSpeculativeDecoder(
-                      *models, tokenizer=None, update_interval=update_interval,
-                      buffer_size=buffer_size, draft_len=draft_len, lr=lr,
-                      max_new_tokens=max_new_tokens, temperature=temperature,
-                      keep_fraction=keep_fraction, loss=loss, seed=seed),
+        *models, tokenizer=None,
+        config=OnlineConfig(update_interval=update_interval, buffer_size=buffer_size,
+                            draft_len=draft_len, lr=lr, max_new_tokens=max_new_tokens,
+                            temperature=temperature, keep_fraction=keep_fraction, loss=loss,
+                            seed=seed)),
                   {"update_interval": is_int(update_interval, low=1),
                    "buffer_size": is_int(buffer_size, low=1),
                    "draft_len": is_int(draft_len, low=1),
@@ -416,7 +418,7 @@ def test_streams_and_routers(kind, num_queries, seed, vocab_size, min_confidence
     def is_stream(stream):
         assert len(stream) == num_queries and all(p in prompts[d] for d, p in stream)
 
-    check_outcome(lambda: make_stream(kind, prompts, num_queries, seed),
+    check_outcome(lambda: make_stream(kind, prompts, num_queries, seed=seed),
                   {"stream": kind in STREAMS, "num_queries": is_int(num_queries, low=1),
                    "seed": is_int(seed, low=0)}, is_stream)
     check_outcome(lambda: LearnedRouter(("sql", "math"), "sql", vocab_size,

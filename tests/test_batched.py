@@ -7,11 +7,11 @@ from transformers import AutoTokenizer
 from conftest import (ARCHITECTURES, chi_square_p_value, exact_target_distribution, noisy_copy,
                       tiny_model)
 from osd_lab.__main__ import main
-from osd_lab.batched import (BASS_LIMIT, BASS_START, bass_draft_len,
-                             batched_autoregressive_generate, batched_speculative_generate)
+from osd_lab.batched import batched_autoregressive_generate, batched_speculative_generate
 from osd_lab.decoding import autoregressive_generate
 from osd_lab.models import ZOO_DIR
-from osd_lab.online import OnlineSpeculativeDecoder, OracleRouter
+from osd_lab.online import OnlineConfig, OnlineSpeculativeDecoder, OracleRouter
+from osd_lab.policies import BASS_LIMIT, BASS_START, bass_draft_len
 
 LENGTHS = (1, 6, 11, 3, 9)  # mixed prompt lengths, one of a single token
 
@@ -48,7 +48,7 @@ def test_greedy_rows_equal_their_own_greedy_output_tiny(arch):
         out = batched_speculative_generate(target, draft, prompts, 16, draft_len=draft_len,
                                            draft_len_policy=policy, eos_token_id=eos)
         assert_rows_equal(expected, out.tokens)
-    assert max(n for seq in out.stats["sequences"] for n in seq["accepted"]) > 0
+    assert max(n for seq in out.stats.sequences for n in seq.accepted) > 0
 
 
 @pytest.mark.exactness
@@ -64,8 +64,8 @@ def test_greedy_rows_equal_their_own_greedy_output_zoo(zoo):
                                            draft_len_policy=policy, eos_token_id=eos,
                                            vocab_size=zoo.vocab_size)
         assert_rows_equal(expected, out.tokens)
-    sql, prose = out.stats["sequences"][0], out.stats["sequences"][2]
-    assert sql["verified_alpha"] > prose["verified_alpha"]  # the draft's own domain
+    sql, prose = out.stats.sequences[0], out.stats.sequences[2]
+    assert sql.verified_alpha > prose.verified_alpha  # the draft's own domain
 
 
 def test_one_row_cannot_change_another():
@@ -89,18 +89,18 @@ def test_stats_and_finished_rows_leave_the_batch():
     prompts = random_prompts(LENGTHS)
     # an identical draft accepts everything: BASS grows the draft length
     out = batched_speculative_generate(target, target, prompts, 30, draft_len_policy="bass")
-    assert out.stats["draft_lens"][:3] == [BASS_START, BASS_START + 2, BASS_START + 4]
-    assert all(seq["verified_alpha"] == 1.0 for seq in out.stats["sequences"])
+    assert out.stats.draft_lens[:3] == [BASS_START, BASS_START + 2, BASS_START + 4]
+    assert all(seq.verified_alpha == 1.0 for seq in out.stats.sequences)
     # rows of different lengths finish at different steps and leave the batch
     out = batched_speculative_generate(target, noisy_copy(target, 0.2), prompts, 10,
                                        draft_len=2)
-    sizes = out.stats["batch_sizes"]
+    sizes = out.stats.batch_sizes
     assert sizes[0] == len(prompts) and sizes == sorted(sizes, reverse=True)
-    assert out.stats["new_tokens"] == sum(len(t) for t in out.tokens) == 10 * len(prompts)
-    assert out.stats["target_calls"] == len(sizes)
-    for seq in out.stats["sequences"]:
-        assert seq["new_tokens"] == 10 and seq["target_calls"] == len(seq["accepted"])
-        assert len(seq["decided_alpha"]) <= min(10, sum(seq["draft_lens"]))
+    assert out.stats.new_tokens == sum(len(t) for t in out.tokens) == 10 * len(prompts)
+    assert out.stats.target_calls == len(sizes)
+    for seq in out.stats.sequences:
+        assert seq.new_tokens == 10 and seq.target_calls == len(seq.accepted)
+        assert len(seq.decided_alpha) <= min(10, sum(seq.draft_lens))
 
 
 def test_every_row_hits_eos_at_once_and_single_token_rows():
@@ -111,7 +111,7 @@ def test_every_row_hits_eos_at_once_and_single_token_rows():
     out = batched_speculative_generate(target, noisy_copy(target, 0.2), prompts, 8,
                                        draft_len=3, eos_token_id=int(first))
     assert [t.tolist() for t in out.tokens] == [first.tolist()] * 3
-    assert out.stats["target_calls"] == 1
+    assert out.stats.target_calls == 1
 
 
 def test_bass_schedule():
@@ -141,7 +141,7 @@ def test_sampled_rows_are_distributed_as_target():
     prompts = [torch.tensor(short), torch.tensor(long)] * copies
     out = batched_speculative_generate(target, draft, prompts, length, draft_len=2,
                                        generator=torch.Generator().manual_seed(7), **settings)
-    assert sum(seq["accepted"][0] < 2 for seq in out.stats["sequences"]) > copies * 0.4
+    assert sum(seq.accepted[0] < 2 for seq in out.stats.sequences) > copies * 0.4
     for start, prompt in enumerate((short, long)):
         exact = exact_target_distribution(target, prompt, length, settings)
         counts = dict.fromkeys(exact, 0)
@@ -190,8 +190,9 @@ def tokenizer():
 def test_serve_batch_splits_by_draft_and_records_per_row(tokenizer):
     target = tiny_model("llama", vocab_size=len(tokenizer))
     drafts = {"sql": noisy_copy(target, 0.5, seed=1), "math": noisy_copy(target, 0.5, seed=2)}
-    decoder = OnlineSpeculativeDecoder(target, drafts, tokenizer, update_interval=2,
-                                       max_new_tokens=8, router=OracleRouter(drafts, "sql"))
+    decoder = OnlineSpeculativeDecoder(target, drafts, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=8),
+                                       router=OracleRouter(drafts, "sql"))
     prompts = ["SELECT name FROM", "Question: Ann has 3 apples.", "SELECT id FROM t WHERE",
                "def f(x):"]
     domains = ["sql", "math", "sql", "code"]
@@ -208,8 +209,9 @@ def test_serve_batch_splits_by_draft_and_records_per_row(tokenizer):
     trained = [name for _, name, *_ in h["updates"]] + [name for _, name in h["skipped"]]
     assert sorted(trained) == sorted({name for name in h["draft"]})
     # greedy: the same texts as serving one query at a time
-    single = OnlineSpeculativeDecoder(target, drafts, tokenizer, update_interval=100,
-                                      max_new_tokens=8, router=OracleRouter(drafts, "sql"))
+    single = OnlineSpeculativeDecoder(target, drafts, tokenizer,
+                                      OnlineConfig(update_interval=100, max_new_tokens=8),
+                                      router=OracleRouter(drafts, "sql"))
     assert texts == [single.serve(p, d) for p, d in zip(prompts, domains)]
     with pytest.raises(ValueError, match="at least one prompt"):
         decoder.serve_batch([])

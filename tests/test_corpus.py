@@ -10,7 +10,7 @@ from osd_lab.zoo.corpus import DOMAINS, load_corpus
 
 # the maintainer's build script, outside the package
 _spec = importlib.util.spec_from_file_location(
-    "build_corpus", Path(__file__).resolve().parents[1] / "scripts" / "build_corpus.py")
+    "build_corpus", Path(__file__).resolve().parents[1] / "zoo" / "build_corpus.py")
 build_corpus = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build_corpus)
 check_math, evaluate = build_corpus.check_math, build_corpus.evaluate

@@ -1,8 +1,8 @@
 import pytest
 
 from conftest import tiny_model
-from osd_lab.cost import (expected_tokens_per_step, measure_verify_ratio, optimal_draft_len,
-                          speedup)
+from osd_lab.cost import expected_tokens_per_step, optimal_draft_len, speedup
+from osd_lab.measure import measure_verify_ratio
 
 
 def test_expected_tokens_closed_form():

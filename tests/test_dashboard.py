@@ -11,6 +11,7 @@ from conftest import noisy_copy, tiny_model
 from osd_lab.dashboard import DEFAULTS, Dashboard, check_settings, moving_window, status_line
 from osd_lab.models import ZOO_DIR
 from osd_lab.online import OnlineSpeculativeDecoder, default_update_interval
+from osd_lab.policies import HeuristicPolicy
 
 pytestmark = pytest.mark.widgets  # make test-min runs these on the lowest ipywidgets
 
@@ -103,20 +104,20 @@ def test_run_writes_status_progress_and_plot_into_widgets(dashboard):
 def test_settings_reach_the_decoder(dashboard):
     decoder = dashboard.run(GOOD | dict(buffer_size=8, lr=1e-4, keep_fraction=0.5,
                                         draft_len_policy="heuristic", draft_len=2))
-    assert decoder.buffers["draft"].maxlen == 8 and decoder.keep_fraction == 0.5
+    assert decoder.buffers["draft"].maxlen == 8 and decoder.config.keep_fraction == 0.5
     assert decoder.optimizers["draft"].param_groups[0]["lr"] == 1e-4
     assert decoder.references  # AdaSPEC's reference draft
-    assert decoder.policies["draft"] == ("heuristic", 2)
+    assert isinstance(decoder.policies["draft"], HeuristicPolicy) and decoder.draft_len == 2
     plain = dashboard.run(GOOD)  # keep fraction 0: plain distillation, no reference
-    assert plain.keep_fraction is None and not plain.references
+    assert plain.config.keep_fraction is None and not plain.references
 
 
 def test_goodput_costs_are_measured_once(dashboard):
     first = dashboard.run(GOOD | dict(draft_len_policy="goodput", queries=2))
     costs = dashboard.costs
-    assert costs is not None and first.policies["draft"][0].costs is costs
+    assert costs is not None and first.policies["draft"].costs is costs
     second = dashboard.run(GOOD | dict(draft_len_policy="goodput", queries=2))
-    assert second.policies["draft"][0].costs is costs
+    assert second.policies["draft"].costs is costs
     assert dashboard.status.value.startswith("query 2/2")
 
 

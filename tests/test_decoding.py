@@ -44,7 +44,7 @@ def test_cache_does_not_change_output(device):
     without = autoregressive_generate(model, prompt, 12, temperature=1.0, use_cache=False,
                                       generator=torch.Generator(device=device).manual_seed(0))
     assert torch.equal(with_cache.tokens, without.tokens)
-    assert with_cache.stats["forward_passes"] == 12 and with_cache.stats["tokens_per_s"] > 0
+    assert with_cache.stats.target_calls == 12 and with_cache.stats.tokens_per_s > 0
 
 
 def test_seeded_sampling_is_reproducible_and_varies_with_seed(device):

@@ -47,7 +47,7 @@ def test_select_tokens_keeps_top_fraction_by_delta():
 def test_distill_lowers_the_loss(loss, data, device):
     target = tiny_model("llama", seed=0, device=device)
     draft = noisy_copy(target, 0.5, seed=3)
-    history = distill(draft, target, prompts(), loss=loss, data=data, steps=12, lr=3e-3,
+    history = distill(target, draft, prompts(), loss=loss, data=data, steps=12, lr=3e-3,
                       batch_size=4, max_new_tokens=8, progress=False)
     assert len(history["loss"]) == 12 and not history["skipped"]
     assert sum(history["loss"][-3:]) < sum(history["loss"][:3])
@@ -57,7 +57,7 @@ def test_distill_raises_acceptance_and_reports_it(device):
     target = tiny_model("llama", seed=0, device=device)
     draft = noisy_copy(target, 0.5, seed=3)
     held_out = prompts(3, seed=9)
-    history = distill(draft, target, prompts(8), steps=30, lr=3e-3, batch_size=4,
+    history = distill(target, draft, prompts(8), steps=30, lr=3e-3, batch_size=4,
                       max_new_tokens=12, eval_prompts=held_out, eval_every=15, progress=False)
     steps = [row[0] for row in history["eval"]]
     assert steps == [0, 15, 30]
@@ -70,7 +70,7 @@ def test_adaspec_trains_on_a_fraction_of_tokens(device):
     target = tiny_model("qwen2", seed=0, device=device)
     draft = noisy_copy(target, 0.5, seed=3)
     before = [p.clone() for p in draft.parameters()]
-    history, reference = adaspec(draft, target, prompts(), keep_fraction=0.4, steps=6,
+    history, reference = adaspec(target, draft, prompts(), keep_fraction=0.4, steps=6,
                                  batch_size=4, max_new_tokens=8, progress=False)
     assert all(0.3 <= k <= 0.45 for k in history["kept_fraction"])
     assert any(not torch.equal(a, b) for a, b in zip(before, draft.parameters()))
@@ -83,7 +83,7 @@ def test_nan_loss_skips_the_step_and_keeps_the_weights(device):
         target.get_output_embeddings().weight[5, 0] = float("nan")
     draft = tiny_model("llama", seed=1, device=device)
     before = [p.clone() for p in draft.parameters()]
-    history = distill(draft, target, prompts(), data="fixed", steps=3, batch_size=2,
+    history = distill(target, draft, prompts(), data="fixed", steps=3, batch_size=2,
                       progress=False)
     assert history["skipped"] == [1, 2, 3] and history["loss"] == []
     assert all(torch.equal(a, b) for a, b in zip(before, draft.parameters()))
@@ -109,7 +109,7 @@ def test_bad_arguments(kwargs, message):
     if kwargs.get("reference") == "self":
         kwargs["reference"] = target
     with pytest.raises(ValueError, match=message):
-        distill(tiny_model("llama", 1), target, prompts(), steps=1, progress=False, **kwargs)
+        distill(target, tiny_model("llama", 1), prompts(), steps=1, progress=False, **kwargs)
 
 
 @pytest.mark.parametrize("bad_prompts, message", [
@@ -120,7 +120,7 @@ def test_bad_arguments(kwargs, message):
 ])
 def test_bad_prompts(bad_prompts, message):
     with pytest.raises(ValueError, match=message):
-        distill(tiny_model("llama", 1), tiny_model("llama"), bad_prompts, steps=1,
+        distill(tiny_model("llama"), tiny_model("llama", 1), bad_prompts, steps=1,
                 progress=False)
     with pytest.raises(ValueError, match=message):
         acceptance_rate(tiny_model("llama"), tiny_model("llama", 1), bad_prompts)
@@ -138,7 +138,7 @@ def test_a_text_longer_than_the_context_is_refused(data, length, message):
     llama); data="target" failed only inside the loop, naming input_ids."""
     texts = [torch.arange(2, 10), torch.randint(2, 90, (length,))]
     with pytest.raises(ValueError, match=message):
-        distill(tiny_model("llama", 1, layers=1), tiny_model("llama", layers=1), texts,
+        distill(tiny_model("llama", layers=1), tiny_model("llama", 1, layers=1), texts,
                 data=data, steps=1, max_new_tokens=9, progress=False)
 
 
@@ -148,9 +148,9 @@ def test_keep_fraction_none_with_a_reference_is_refused():
     target = tiny_model("llama", layers=1)
     with pytest.raises(ValueError, match=r"keep_fraction \(AdaSPEC's k, with a reference\) "
                                          r"must be a finite number in \(0, 1\], got None"):
-        distill(tiny_model("llama", 1, layers=1), target, prompts(), steps=1,
+        distill(target, tiny_model("llama", 1, layers=1), prompts(), steps=1,
                 reference=target, keep_fraction=None, progress=False)
-    history = distill(tiny_model("llama", 1, layers=1), target, prompts(), data="fixed",
+    history = distill(target, tiny_model("llama", 1, layers=1), prompts(), data="fixed",
                       steps=1, batch_size=2, keep_fraction=None, progress=False)
     assert len(history["loss"]) + len(history["skipped"]) == 1
 
@@ -166,7 +166,7 @@ def test_a_step_that_breaks_the_draft_is_undone():
     target = tiny_model("llama", seed=0)
     draft = noisy_copy(target, 0.5, seed=3)
     before = [p.clone() for p in draft.parameters()]
-    history = distill(draft, target, prompts(), data="fixed", steps=2, lr=1e10, batch_size=2,
+    history = distill(target, draft, prompts(), data="fixed", steps=2, lr=1e10, batch_size=2,
                       progress=False)
     assert history["skipped"] == [1, 2] and history["loss"] == []
     assert all(torch.equal(a, b) for a, b in zip(before, draft.parameters()))
@@ -175,12 +175,12 @@ def test_a_step_that_breaks_the_draft_is_undone():
 def test_all_masked_batch_and_mismatched_vocab():
     target = tiny_model("llama")
     with pytest.raises(ValueError, match="keeps no position"):  # one-token texts: nothing to predict
-        distill(tiny_model("llama", 1), target, [torch.tensor([4])], data="fixed", steps=1,
+        distill(target, tiny_model("llama", 1), [torch.tensor([4])], data="fixed", steps=1,
                 progress=False)
     with pytest.raises(ValueError, match="same vocabulary"):
-        distill(tiny_model("llama", 1, vocab_size=128), target, prompts(), data="fixed",
+        distill(target, tiny_model("llama", 1, vocab_size=128), prompts(), data="fixed",
                 steps=1, progress=False)
-    history = distill(tiny_model("llama", 1, vocab_size=128), target, prompts(), data="fixed",
+    history = distill(target, tiny_model("llama", 1, vocab_size=128), prompts(), data="fixed",
                       steps=1, progress=False, vocab_size=96)
     assert len(history["loss"]) == 1
 

@@ -1,4 +1,4 @@
-"""LoRA mode of the online decoder and the settings for real drafts (osd_lab.distill)."""
+"""LoRA mode of the online decoder and the settings for real drafts (osd_lab.finetune)."""
 
 import copy
 import importlib
@@ -9,9 +9,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from conftest import PROMPTS, tiny_model
 from osd_lab.decoding import autoregressive_generate
-from osd_lab.distill import add_lora, default_lr, default_warmup_updates, master_weights
+from osd_lab.finetune import add_lora, default_lr, default_warmup_updates, master_weights
 from osd_lab.models import warn_if_draft_larger
-from osd_lab.online import OnlineSpeculativeDecoder, make_stream
+from osd_lab.online import OnlineConfig, OnlineSpeculativeDecoder, make_stream
 
 
 
@@ -68,8 +68,9 @@ def test_lora_updates_leave_the_base_weights_bit_identical(text_pair, tokenizer)
     pytest.importorskip("peft")
     target, draft = text_pair
     base = snapshot(draft)
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
-                                       max_new_tokens=12, lora_rank=4, lr=1e-2)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=12,
+                                                    lora_rank=4, lr=1e-2))
     assert decoder.drafts["draft"] is draft  # the served draft is the same model object
     start = adapters(draft)
     for domain, prompt in make_stream("iid", PROMPTS, 6):
@@ -88,9 +89,10 @@ def test_lora_updates_leave_the_base_weights_bit_identical(text_pair, tokenizer)
 def test_lora_mode_greedy_output_is_still_the_targets(text_pair, tokenizer, buffer_top_k):
     pytest.importorskip("peft")
     target, draft = text_pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                       max_new_tokens=10, lora_rank=4, lr=1e-2,
-                                       buffer_top_k=buffer_top_k)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=1, max_new_tokens=10,
+                                                    lora_rank=4, lr=1e-2,
+                                                    buffer_top_k=buffer_top_k))
     serves_the_targets_text(decoder, target, tokenizer)
     assert decoder.history["updates"]
 
@@ -99,8 +101,9 @@ def test_a_bad_lora_update_leaves_the_adapters_and_the_optimiser_as_they_were(te
                                                                                tokenizer):
     pytest.importorskip("peft")
     target, draft = text_pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
-                                       max_new_tokens=12, lora_rank=4)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=12,
+                                                    lora_rank=4))
     for domain, prompt in make_stream("iid", PROMPTS, 2):
         decoder.serve(prompt, domain)
     assert len(decoder.history["updates"]) == 1  # a good step: the optimiser has state
@@ -126,9 +129,9 @@ def test_a_half_precision_draft_trains_float32_master_weights(tokenizer):
     target = tiny_model("llama", vocab_size=len(tokenizer), dtype=torch.bfloat16)
     draft = copy.deepcopy(target)
     before = [p.detach().float().clone() for p in draft.parameters()]
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                       max_new_tokens=12, lr=1e-4, temperature=1.0,
-                                       update_below_alpha=None)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=1, max_new_tokens=12, lr=1e-4,
+                                                    temperature=1.0, update_below_alpha=None))
     for prompt in PROMPTS["sql"] + PROMPTS["math"]:
         decoder.serve(prompt)
     master = decoder.masters["draft"]
@@ -158,10 +161,10 @@ def test_over_the_undo_limit_an_update_keeps_no_copy_and_a_broken_one_raises(
     copy: a good step is taken as before; a step that breaks the draft raises
     rather than serving it."""
     target, draft = text_pair
-    # the module (osd_lab.distill as an attribute of osd_lab is the function distill)
-    monkeypatch.setattr(importlib.import_module("osd_lab.distill"), "UNDO_LIMIT", 0)
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
-                                       max_new_tokens=12, update_below_alpha=None)
+    monkeypatch.setattr(importlib.import_module("osd_lab.finetune"), "UNDO_LIMIT", 0)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=12,
+                                                    update_below_alpha=None))
     optimizer = decoder.optimizers["draft"]
     monkeypatch.setattr(optimizer, "state_dict", lambda: pytest.fail("state copied for undo"))
     for domain, prompt in make_stream("iid", PROMPTS, 2):
@@ -195,8 +198,9 @@ def test_default_lr_by_draft_size(zoo):
 
 def test_warm_up_ramps_the_learning_rate_over_the_updates_taken(text_pair, tokenizer):
     target, draft = text_pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                       max_new_tokens=12, lr=1e-3, warmup_updates=3)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=1, max_new_tokens=12, lr=1e-3,
+                                                    warmup_updates=3))
     lrs = [decoder.optimizers["draft"].param_groups[0]["lr"]]
     for prompt in PROMPTS["sql"] * 2 + PROMPTS["math"] * 2:
         decoder.serve(prompt)
@@ -215,7 +219,7 @@ def test_lora_without_peft_is_a_clear_error_and_changes_no_draft(text_pair, toke
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now fails
     target, draft = text_pair
     with pytest.raises(ImportError, match="lora_rank needs the peft package"):
-        OnlineSpeculativeDecoder(target, draft, tokenizer, lora_rank=4)
+        OnlineSpeculativeDecoder(target, draft, tokenizer, OnlineConfig(lora_rank=4))
     assert all(p.requires_grad for p in draft.parameters())
 
 
@@ -244,7 +248,7 @@ def trains_only_adapters(decoder, draft):
 def test_the_default_gives_a_draft_over_the_threshold_lora_adapters(text_pair, tokenizer,
                                                                     monkeypatch):
     pytest.importorskip("peft")
-    from osd_lab.distill import num_parameters
+    from osd_lab.finetune import num_parameters
     from osd_lab.online import LORA_RANK
     target, draft = text_pair
     lora_above(monkeypatch, num_parameters(draft) - 1)
@@ -281,7 +285,7 @@ def test_lora_rank_none_asks_for_full_fine_tuning_above_the_threshold(text_pair,
                                                                       monkeypatch):
     target, draft = text_pair
     lora_above(monkeypatch, 0)
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, lora_rank=None)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, OnlineConfig(lora_rank=None))
     assert decoder.lora_ranks == {"draft": None}
     assert all(p.requires_grad for p in draft.parameters())
     assert not any("lora_" in n for n, _ in draft.named_parameters())
@@ -289,7 +293,7 @@ def test_lora_rank_none_asks_for_full_fine_tuning_above_the_threshold(text_pair,
 
 def test_the_default_chooses_per_draft(tokenizer, monkeypatch):
     pytest.importorskip("peft")
-    from osd_lab.distill import num_parameters
+    from osd_lab.finetune import num_parameters
     from osd_lab.online import LORA_RANK, OracleRouter
     target = tiny_model("llama", vocab_size=len(tokenizer), layers=3)
     drafts = {"sql": tiny_model("llama", vocab_size=len(tokenizer), layers=3, seed=1),
@@ -308,8 +312,9 @@ def test_the_default_lora_choice_keeps_greedy_output_the_targets(text_pair, toke
     from osd_lab.online import LORA_RANK
     target, draft = text_pair
     lora_above(monkeypatch, 0)
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                       max_new_tokens=10, lr=1e-2, update_below_alpha=None)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=1, max_new_tokens=10, lr=1e-2,
+                                                    update_below_alpha=None))
     assert decoder.lora_ranks == {"draft": LORA_RANK}
     start = adapters(draft)
     serves_the_targets_text(decoder, target, tokenizer)

@@ -37,7 +37,7 @@ def test_bad_input_is_named():
     """Empty inputs were a ZeroDivisionError (perplexity) or a silent NaN (alpha)."""
     from transformers import AutoTokenizer
 
-    from osd_lab.cost import decode_step_time
+    from osd_lab.measure import decode_step_time
     from osd_lab.metrics import perplexity
     from osd_lab.models import ZOO_DIR
     model = tiny_model("llama")

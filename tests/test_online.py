@@ -1,12 +1,13 @@
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from conftest import PROMPTS, noisy_copy, tiny_model
-from osd_lab.online import (LearnedRouter, OnlineSpeculativeDecoder, OracleRouter,
-                            make_stream)
+from osd_lab.online import (LearnedRouter, OnlineConfig, OnlineSpeculativeDecoder,
+                            OracleRouter, make_stream)
 
 
 
@@ -42,8 +43,9 @@ def test_bad_streams(args, message):
 
 def test_serve_records_corrections_and_updates(pair, tokenizer):
     target, draft = pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
-                                       max_new_tokens=12, batch_size=8)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=12,
+                                                    batch_size=8))
     before = [p.clone() for p in draft.parameters()]
     for domain, prompt in make_stream("iid", PROMPTS, 6):
         text = decoder.serve(prompt, domain)
@@ -57,18 +59,20 @@ def test_serve_records_corrections_and_updates(pair, tokenizer):
 
 
 def test_adaspec_updates_draft_and_reference_on_fewer_tokens(pair, tokenizer, monkeypatch):
-    import osd_lab.online as online
+    import importlib
+    distill = importlib.import_module("osd_lab.distill")  # the module, not osd_lab.distill
     target, draft = pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=100,
-                                       max_new_tokens=12, keep_fraction=0.25)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=100, max_new_tokens=12,
+                                                    keep_fraction=0.25))
     for prompt in PROMPTS["sql"] + PROMPTS["math"]:
         decoder.serve(prompt)
     reference = decoder.references["draft"]
     draft_before = [p.clone() for p in draft.parameters()]
     reference_before = [p.clone() for p in reference.parameters()]
     masks = []
-    real_masked_mean = online.masked_mean
-    monkeypatch.setattr(online, "masked_mean",
+    real_masked_mean = distill.masked_mean  # the updates are distillation steps
+    monkeypatch.setattr(distill, "masked_mean",
                         lambda values, mask: masks.append(mask) or real_masked_mean(values, mask))
     decoder.update()
     reference_mask, draft_mask = masks  # the reference trains on all tokens, the draft on k
@@ -84,11 +88,12 @@ def test_an_update_makes_the_goodput_policy_probe_again_soon(pair, tokenizer):
     from osd_lab.cost import SpeculationCosts
     from osd_lab.policies import RESUME_GAP
     target, draft = pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                       max_new_tokens=8, update_mode="sync",
-                                       costs=SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2)),
-                                       draft_len=4, update_below_alpha=None)
-    policy = decoder.policies["draft"][0]
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=1, max_new_tokens=8,
+                                                    update_mode="sync", draft_len=4,
+                                                    update_below_alpha=None),
+                                       costs=SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2)))
+    policy = decoder.policies["draft"]
     policy.probe_gap = 64  # backed off: the draft looked useless
     decoder.serve(PROMPTS["sql"][0])
     assert decoder.history["updates"] and policy.probe_gap == RESUME_GAP
@@ -97,8 +102,8 @@ def test_an_update_makes_the_goodput_policy_probe_again_soon(pair, tokenizer):
 def test_online_greedy_output_is_still_the_targets(pair, tokenizer):
     from osd_lab.decoding import autoregressive_generate
     target, draft = pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                       max_new_tokens=10)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=1, max_new_tokens=10))
     for prompt in PROMPTS["sql"] * 2:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         expected = autoregressive_generate(target, ids, 10,
@@ -109,14 +114,15 @@ def test_online_greedy_output_is_still_the_targets(pair, tokenizer):
 @pytest.mark.parametrize("buffer_top_k", [None, 8])
 def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer, buffer_top_k):
     target, draft = pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=100,
-                                       max_new_tokens=12, buffer_top_k=buffer_top_k)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=100, max_new_tokens=12,
+                                                    buffer_top_k=buffer_top_k))
     decoder.serve(PROMPTS["sql"][0])
     sequence, prompt_len, kept = decoder.buffers["draft"][0]
     nan = (torch.full_like(kept, float("nan")) if buffer_top_k is None
            else kept._replace(top_log_probs=torch.full_like(kept.top_log_probs, float("nan"))))
     decoder.buffers["draft"].append((sequence, prompt_len, nan))
-    decoder.batch_size = len(decoder.buffers["draft"])
+    decoder.config = dataclasses.replace(decoder.config, batch_size=len(decoder.buffers["draft"]))
     before = [p.clone() for p in draft.parameters()]
     decoder.update()
     assert decoder.history["skipped"] == [(1, "draft")] and not decoder.history["updates"]
@@ -151,6 +157,8 @@ def test_nan_update_is_skipped_and_draft_untouched(pair, tokenizer, buffer_top_k
     (dict(vocab_size=-1), "vocab_size"),
     (dict(seed=-1), "seed"),
     (dict(drafts={}), "drafts must be a model or a non-empty dict"),
+    (dict(update_every=2), r"unknown setting\(s\) \['update_every'\].*'update_interval'"),
+    (dict(config={"lr": 1e-3}), "config must be an OnlineConfig"),
 ])
 def test_bad_settings(pair, tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -162,8 +170,8 @@ def test_bad_settings(pair, tokenizer, kwargs, message):
 
 def test_serve_refuses_a_prompt_that_is_not_text(text_pair, tokenizer):
     """Issue 21: serve(None) was the tokenizer's error about `text`."""
-    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, draft_len_policy="constant",
-                                       max_new_tokens=4)
+    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer,
+                                       OnlineConfig(draft_len_policy="constant", max_new_tokens=4))
     for bad in (None, ["SELECT 1"], torch.tensor([3, 4])):
         with pytest.raises(ValueError, match=r"prompt must be a text \(str\), got "):
             decoder.serve(bad)
@@ -175,8 +183,8 @@ def test_an_update_that_breaks_the_draft_is_undone(pair, tokenizer):
     failed. Now the guard also asks for finite logits on the batch it trained
     on, and restores the weights and the optimiser state."""
     target, draft = pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=2,
-                                       max_new_tokens=12)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=12))
     for domain, prompt in make_stream("iid", PROMPTS, 2):
         decoder.serve(prompt, domain)
     assert len(decoder.history["updates"]) == 1  # a good step: the optimiser has state
@@ -216,7 +224,7 @@ def test_several_drafts_with_routers(pair, tokenizer):
     drafts = {"sql": draft, "math": noisy_copy(target, 0.5, seed=2)}
     with pytest.raises(ValueError, match="router"):
         OnlineSpeculativeDecoder(target, drafts, tokenizer)
-    oracle = OnlineSpeculativeDecoder(target, drafts, tokenizer, max_new_tokens=8,
+    oracle = OnlineSpeculativeDecoder(target, drafts, tokenizer, OnlineConfig(max_new_tokens=8),
                                       router=OracleRouter(drafts, fallback="sql"))
     oracle.serve(PROMPTS["math"][0], "math")
     oracle.serve("def f(x):", "code")  # a domain with no draft: falls back, and says so
@@ -224,7 +232,8 @@ def test_several_drafts_with_routers(pair, tokenizer):
     assert oracle.history["notes"][0] is None and "unknown domain 'code'" in oracle.history["notes"][1]
 
     router = LearnedRouter(drafts, fallback="sql", vocab_size=len(tokenizer))
-    learned = OnlineSpeculativeDecoder(target, drafts, tokenizer, max_new_tokens=4, router=router)
+    learned = OnlineSpeculativeDecoder(target, drafts, tokenizer, OnlineConfig(max_new_tokens=4),
+                                       router=router)
     for domain, prompt in make_stream("iid", PROMPTS, 40, seed=3):
         learned.serve(prompt, domain)
     late = list(zip(learned.history["domain"], learned.history["draft"]))[-10:]

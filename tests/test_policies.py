@@ -7,8 +7,9 @@ import torch
 
 from conftest import (ARCHITECTURES, chi_square_p_value, exact_target_distribution, noisy_copy,
                       tiny_model)
-from osd_lab.cost import SpeculationCosts, measure_costs
+from osd_lab.cost import SpeculationCosts
 from osd_lab.decoding import autoregressive_generate, speculative_generate
+from osd_lab.measure import measure_costs
 from osd_lab.policies import GoodputPolicy, should_stop
 
 FLAT = SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2))  # a cheap draft, a flat verify
@@ -60,15 +61,16 @@ def test_goodput_switches_a_useless_draft_off_and_drafts_deep_with_a_perfect_one
     useless = tiny_model("llama", seed=7, layers=1)
     prompt = [3, 4, 5]
     off = speculative_generate(target, useless, prompt, 40, draft_len_policy="goodput", costs=FLAT)
-    assert off.stats["draft_lens"].count(0) > len(off.stats["draft_lens"]) / 2
+    assert off.stats.draft_lens.count(0) > len(off.stats.draft_lens) / 2
     deep = speculative_generate(target, target, prompt, 40, draft_len_policy="goodput", costs=FLAT)
-    assert max(deep.stats["draft_lens"]) >= 8 and deep.stats["tau"] > 5
+    assert max(deep.stats.draft_lens) >= 8 and deep.stats.tau > 5
 
 
 def test_goodput_policy_follows_alpha_and_costs():
     policy = GoodputPolicy(FLAT, alpha=0.9, max_draft_len=12)
     deep = policy.next_draft_len()
-    policy.observe([0.0] * 40)  # the draft stopped matching
+    policy.observe(drafted=40, accepted=0, decided_alpha=[0.0] * 40,
+                   capped=False)  # the draft stopped matching
     assert policy.alpha < 0.01 and deep >= 4
     lens = [policy.next_draft_len() for _ in range(60)]
     ones = [i for i, n in enumerate(lens) if n]
@@ -111,7 +113,7 @@ def test_stop_rules():
     draft = noisy_copy(target, 0.3, seed=2)
     out = speculative_generate(target, draft, [1, 2], 30, draft_len_policy="constant",
                                draft_len=6, stop_rule="confidence", stop_threshold=0.99)
-    assert min(out.stats["draft_lens"]) < 6  # blocks ended early
+    assert min(out.stats.draft_lens) < 6  # blocks ended early
 
 
 def test_goodput_block_is_a_floor_for_the_stop_rule():
@@ -125,7 +127,7 @@ def test_goodput_block_is_a_floor_for_the_stop_rule():
     policy = GoodputPolicy(costs, alpha=0.9, max_draft_len=8)
     out = speculative_generate(target, target, ids, 40, draft_len_policy=policy,
                                stop_rule="confidence", stop_threshold=0.99)
-    assert out.stats["draft_lens"][:3] == [8, 8, 8]
+    assert out.stats.draft_lens[:3] == [8, 8, 8]
     assert torch.equal(out.tokens, autoregressive_generate(target, ids, 40).tokens)
 
 
@@ -178,7 +180,7 @@ def test_count_calls_counts_forward_passes_inside_generate():
     with CountCalls(target=target, draft=draft) as calls:
         out = speculative_generate(target, draft, ids, 8, draft_len_policy="constant")
     # no prefill pass of its own: the first step's passes read the prompt
-    assert calls == {"target": out.stats["target_calls"], "draft": out.stats["draft_calls"]}
+    assert calls == {"target": out.stats.target_calls, "draft": out.stats.draft_calls}
     with CountCalls(target=target) as calls:
         target.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert calls["target"] == 5
@@ -191,4 +193,4 @@ def test_goodput_with_a_stop_rule_drafts_deep_and_lets_the_rule_end_blocks():
     out = speculative_generate(target, target, [3, 4], 30, draft_len_policy="goodput",
                                costs=FLAT, draft_len=12, stop_rule="confidence",
                                stop_threshold=0.0)  # a rule that never fires
-    assert out.stats["draft_lens"][0] == 12  # the cap, not goodput's choice at alpha 0.5
+    assert out.stats.draft_lens[0] == 12  # the cap, not goodput's choice at alpha 0.5

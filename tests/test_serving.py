@@ -10,15 +10,17 @@ from conftest import PROMPTS, noisy_copy, tiny_model
 from osd_lab.cost import SpeculationCosts
 from osd_lab.evaluation import (acceptance_rate, alpha_by_domain, break_even, latencies,
                                served_speed, speed_by_block)
-from osd_lab.online import OnlineSpeculativeDecoder, OracleRouter, make_stream
+from osd_lab.online import OnlineConfig, OnlineSpeculativeDecoder, OracleRouter, make_stream
 from osd_lab.policies import GoodputPolicy
 
 FLAT = SpeculationCosts(0.1, (1.0, 1.05, 1.1, 1.15, 1.2))
 
 
 def test_served_speed_counts_updates_beside_a_baseline_of_the_same_queries(text_pair, tokenizer):
-    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, update_interval=2, max_new_tokens=10,
-                                       costs=FLAT, baseline=True, update_mode="sync")
+    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=10,
+                                                    baseline=True, update_mode="sync"),
+                                       costs=FLAT)
     stream = make_stream("sharp", PROMPTS, 8)
     for domain, prompt in stream:
         decoder.serve(prompt, domain)
@@ -53,7 +55,8 @@ def test_break_even_is_where_served_time_stays_below_plain_and_latencies_count_u
 
 
 def test_served_speed_needs_a_baseline(text_pair, tokenizer):
-    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, max_new_tokens=6, costs=FLAT)
+    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, OnlineConfig(max_new_tokens=6),
+                                       costs=FLAT)
     decoder.serve(PROMPTS["sql"][0])
     with pytest.raises(ValueError, match="baseline=True"):
         served_speed(decoder.history)
@@ -62,8 +65,10 @@ def test_served_speed_needs_a_baseline(text_pair, tokenizer):
 
 
 def test_batched_serving_records_a_baseline_and_update_time(text_pair, tokenizer):
-    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer, update_interval=2, max_new_tokens=8,
-                                       baseline=True, costs=FLAT)
+    decoder = OnlineSpeculativeDecoder(*text_pair, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=8,
+                                                    baseline=True),
+                                       costs=FLAT)
     decoder.serve_batch(PROMPTS["sql"] + PROMPTS["math"], ["sql"] * 2 + ["math"] * 2)
     h = decoder.history
     assert h["baseline_tokens"] == h["new_tokens"] and len(h["baseline_s"]) == 4
@@ -75,9 +80,9 @@ def test_batched_serving_records_a_baseline_and_update_time(text_pair, tokenizer
 def test_an_update_trains_only_drafts_that_served_new_queries(text_pair, tokenizer):
     target, draft = text_pair
     drafts = {"sql": draft, "math": noisy_copy(target, 0.5, seed=2)}
-    decoder = OnlineSpeculativeDecoder(target, drafts, tokenizer, update_interval=2,
-                                       max_new_tokens=10, costs=FLAT,
-                                       router=OracleRouter(drafts, fallback="sql"))
+    decoder = OnlineSpeculativeDecoder(target, drafts, tokenizer,
+                                       OnlineConfig(update_interval=2, max_new_tokens=10),
+                                       costs=FLAT, router=OracleRouter(drafts, fallback="sql"))
     math_before = [p.clone() for p in drafts["math"].parameters()]
     for prompt in PROMPTS["sql"] * 2:
         decoder.serve(prompt, "sql")
@@ -87,9 +92,10 @@ def test_an_update_trains_only_drafts_that_served_new_queries(text_pair, tokeniz
 
 def test_goodput_policy_is_kept_per_draft_across_queries(text_pair, tokenizer):
     target, _ = text_pair
-    decoder = OnlineSpeculativeDecoder(target, target, tokenizer, max_new_tokens=12,
-                                       costs=FLAT, update_interval=100)
-    policy, _ = decoder.policies["draft"]
+    decoder = OnlineSpeculativeDecoder(target, target, tokenizer,
+                                       OnlineConfig(max_new_tokens=12, update_interval=100),
+                                       costs=FLAT)
+    policy = decoder.policies["draft"]
     assert isinstance(policy, GoodputPolicy) and policy.alpha == 0.5
     for prompt in PROMPTS["sql"]:
         decoder.serve(prompt)
@@ -113,8 +119,9 @@ def test_other_policies_serve_the_targets_output(text_pair, tokenizer, kwargs):
 
 def test_save_draft_round_trips_with_identical_alpha(text_pair, tokenizer, tmp_path):
     target, draft = text_pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                       max_new_tokens=10, costs=FLAT)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=1, max_new_tokens=10),
+                                       costs=FLAT)
     for prompt in PROMPTS["sql"]:
         decoder.serve(prompt)
     assert decoder.history["updates"]  # the draft moved before it was saved
@@ -153,8 +160,10 @@ def test_bad_serving_settings(text_pair, tokenizer, kwargs, message):
 def test_save_draft_folds_lora_adapters_into_a_standard_checkpoint(text_pair, tokenizer, tmp_path):
     pytest.importorskip("peft")
     target, draft = text_pair
-    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                       max_new_tokens=10, costs=FLAT, lora_rank=4, lr=1e-2)
+    decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                       OnlineConfig(update_interval=1, max_new_tokens=10,
+                                                    lora_rank=4, lr=1e-2),
+                                       costs=FLAT)
     for prompt in PROMPTS["sql"]:
         decoder.serve(prompt)
     assert decoder.history["updates"]
@@ -170,10 +179,10 @@ def test_a_draft_that_already_matches_takes_no_update(tokenizer):
     runs = {}
     for threshold in (0.3, None):
         draft = noisy_copy(target, 0.1, seed=1)  # close to the target, not equal
-        decoder = OnlineSpeculativeDecoder(target, draft, tokenizer, update_interval=1,
-                                           max_new_tokens=12, draft_len=2,
-                                           draft_len_policy="constant",
-                                           update_below_alpha=threshold)
+        decoder = OnlineSpeculativeDecoder(target, draft, tokenizer,
+                                           OnlineConfig(update_interval=1, max_new_tokens=12,
+                                                        draft_len=2, draft_len_policy="constant",
+                                                        update_below_alpha=threshold))
         for prompt in PROMPTS["sql"] * 3:
             decoder.serve(prompt)
         runs[threshold] = decoder
@@ -184,4 +193,4 @@ def test_a_draft_that_already_matches_takes_no_update(tokenizer):
 def test_bad_update_below_alpha_is_refused(text_pair, tokenizer):
     for value in (0, 1.5, float("nan"), "high"):
         with pytest.raises(ValueError, match="update_below_alpha must be"):
-            OnlineSpeculativeDecoder(*text_pair, tokenizer, update_below_alpha=value)
+            OnlineSpeculativeDecoder(*text_pair, tokenizer, OnlineConfig(update_below_alpha=value))

@@ -45,8 +45,8 @@ def test_greedy_equals_autoregressive_tiny(arch, device, dtype):
                 out = speculative_generate(target, draft, prompt, 20, draft_len_policy="constant", draft_len=draft_len)
                 assert_same_greedy(target, prompt, expected, out.tokens, (seed, draft_len))
                 if draft is noisy:
-                    accepted += sum(out.stats["accepted"])
-                    drafted += sum(out.stats["draft_lens"])
+                    accepted += sum(out.stats.accepted)
+                    drafted += sum(out.stats.draft_lens)
     # the noisy draft exercises both accepted and rejected tokens
     assert 0.1 < accepted / drafted < 0.95
 
@@ -66,7 +66,7 @@ def test_greedy_equals_autoregressive_zoo(device, dtype):
                                            draft_len=draft_len, vocab_size=zoo.vocab_size)
                 assert_same_greedy(zoo.target, prompt, expected, out.tokens,
                                    (domain, i, draft_len))
-                accepted += sum(out.stats["accepted"])
+                accepted += sum(out.stats.accepted)
     assert accepted > 0
 
 
@@ -77,27 +77,27 @@ def test_heuristic_draft_len_is_exact_and_adapts(device):
     prompt = torch.tensor([[0, 4, 9]])
     out = speculative_generate(target, draft, prompt, 40, draft_len=2, draft_len_policy="heuristic")
     assert torch.equal(out.tokens, autoregressive_generate(target, prompt, 40).tokens)
-    assert len(set(out.stats["draft_lens"])) > 1
+    assert len(set(out.stats.draft_lens)) > 1
 
 
 def test_stats_are_consistent():
     target = tiny_model("qwen2")
     out = speculative_generate(target, noisy_copy(target, 0.5), [0, 3, 4], 25, draft_len_policy="constant", draft_len=3)
     s = out.stats
-    assert s["new_tokens"] == len(out.tokens) == 25
-    assert s["target_calls"] == len(s["accepted"]) and s["draft_calls"] == sum(s["draft_lens"])
-    assert s["tau"] == pytest.approx(25 / s["target_calls"])
-    assert all(0 <= a <= 1 + 1e-6 for step in s["alpha"] for a in step)
-    assert len(s["acceptance_by_position"]) == 3
-    assert s["acceptance_by_position"][0] >= s["acceptance_by_position"][-1]
+    assert s.new_tokens == len(out.tokens) == 25
+    assert s.target_calls == len(s.accepted) and s.draft_calls == sum(s.draft_lens)
+    assert s.tau == pytest.approx(25 / s.target_calls)
+    assert all(0 <= a <= 1 + 1e-6 for step in s.alpha for a in step)
+    assert len(s.acceptance_by_position) == 3
+    assert s.acceptance_by_position[0] >= s.acceptance_by_position[-1]
     # verification decides the accepted positions and the first rejected one of a step
-    drafted = [g for g in s["draft_lens"] if g]
-    decided = [a for step, n, g in zip(s["alpha"], s["accepted"], drafted)
+    drafted = [g for g in s.draft_lens if g]
+    decided = [a for step, n, g in zip(s.alpha, s.accepted, drafted)
                for a in step[:min(n + 1, g)]]
-    assert s["decided_alpha"] == decided
-    assert s["verified_alpha"] == pytest.approx(sum(decided) / len(decided))
+    assert s.decided_alpha == decided
+    assert s.verified_alpha == pytest.approx(sum(decided) / len(decided))
     # greedy: alpha is 1 where the argmaxes agree, so verified alpha = accepted / decided
-    assert sum(decided) == pytest.approx(sum(s["accepted"]))
+    assert sum(decided) == pytest.approx(sum(s.accepted))
 
 
 @pytest.mark.exactness
@@ -110,8 +110,8 @@ def test_identical_draft_accepts_everything_and_eos_stops_inside_block(device):
     assert out.tokens.tolist() == full[:full.index(eos) + 1]
     sampled = speculative_generate(target, target, prompt, 20, draft_len_policy="constant", draft_len=4, temperature=1.0,
                                    generator=torch.Generator(device=device).manual_seed(0))
-    assert sampled.stats["mean_alpha"] == pytest.approx(1.0)
-    assert all(n == g for n, g in zip(sampled.stats["accepted"], sampled.stats["draft_lens"]))
+    assert sampled.stats.mean_alpha == pytest.approx(1.0)
+    assert all(n == g for n, g in zip(sampled.stats.accepted, sampled.stats.draft_lens))
 
 
 @pytest.mark.parametrize("settings", [
@@ -137,7 +137,7 @@ def test_sampled_output_is_distributed_as_target(settings, device):
         out = speculative_generate(target, draft, prompt, length, draft_len_policy="constant", draft_len=2,
                                    generator=gen, **settings)
         counts[tuple(out.tokens.tolist())] += 1
-        rejections += out.stats["accepted"][0] < 2
+        rejections += out.stats.accepted[0] < 2
     assert rejections > runs * 0.2  # the residual path is exercised
     p_value = chi_square_p_value(exact, counts, runs)
     assert p_value > 0.001, p_value
@@ -182,7 +182,7 @@ def test_huge_draft_len_is_refused_at_once(policy):
     if policy != "goodput":  # goodput would measure costs first: slow for a unit test
         out = speculative_generate(target, target, [0, 1], 5, draft_len=MAX_DRAFT_LEN,
                                    draft_len_policy=policy)
-        assert len(out.tokens) == 5 and max(out.stats["draft_lens"]) <= 4
+        assert len(out.tokens) == 5 and max(out.stats.draft_lens) <= 4
 
 
 def test_different_vocabularies_refused():

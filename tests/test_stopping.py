@@ -31,8 +31,8 @@ def test_stats_are_trimmed_when_eos_is_an_accepted_draft_token():
     out = speculative_generate(target, target, PROMPT, 20, draft_len_policy="constant", draft_len=8, eos_token_id=eos)
     assert out.tokens.tolist() == full[:at + 1]
     s = out.stats
-    assert s["accepted"] == [at + 1] and s["corrections"] == []
-    assert len(s["decided_alpha"]) == at + 1 and s["verified_alpha"] == pytest.approx(1.0)
+    assert s.accepted == [at + 1] and s.corrections == []
+    assert len(s.decided_alpha) == at + 1 and s.verified_alpha == pytest.approx(1.0)
 
 
 @pytest.mark.exactness
@@ -46,10 +46,10 @@ def test_trimmed_stats_add_up_with_a_noisy_draft():
         s = out.stats
         assert out.tokens.tolist() == full[:at + 1]
         # every new token is an accepted draft token or the target's own, one per step at most
-        target_made = len(out.tokens) - sum(s["accepted"])
-        assert target_made in (s["target_calls"] - 1, s["target_calls"])
-        assert all(c < len(out.tokens) for c in s["corrections"])
-        assert len(s["decided_alpha"]) <= sum(s["accepted"]) + len(s["corrections"])
+        target_made = len(out.tokens) - sum(s.accepted)
+        assert target_made in (s.target_calls - 1, s.target_calls)
+        assert all(c < len(out.tokens) for c in s.corrections)
+        assert len(s.decided_alpha) <= sum(s.accepted) + len(s.corrections)
 
 
 @pytest.mark.exactness
@@ -114,9 +114,9 @@ def test_streaming_stats_are_trimmed_at_eos():
             assert out.tokens.tolist() == full[:at + 1]
             # each pass makes one token of its own beyond the drafts it accepted
             # (the last one none, when EOS was an accepted draft)
-            own = len(out.tokens) - sum(s["accepted"])
-            assert own in (s["forward_passes"] - 1, s["forward_passes"])
-            assert len(s["decided_alpha"]) <= len(out.tokens)
+            own = len(out.tokens) - sum(s.accepted)
+            assert own in (s.target_calls - 1, s.target_calls)
+            assert len(s.decided_alpha) <= len(out.tokens)
 
 
 @pytest.mark.parametrize("eos", [-1, 96, 2.0, True, [], [3, 1000], "1"])
@@ -136,7 +136,7 @@ def test_recorded_target_logits_are_a_fresh_target_pass(arch):
     target = tiny_model(arch)
     out = speculative_generate(target, noisy_copy(target, 0.4), PROMPT, 24, draft_len_policy="constant", draft_len=3,
                                record_target_logits=True)
-    logits = out.stats["target_logits"]  # (N, V)
+    logits = out.stats.target_logits  # (N, V)
     assert logits.shape == (len(out.tokens), 96)
     assert torch.equal(logits.argmax(-1), out.tokens)
     with torch.no_grad():

@@ -1,10 +1,16 @@
-"""The zoo's training script: draft shapes, and a run that checkpoints and resumes."""
+"""The zoo's training script (zoo/train.py): draft shapes, and a run that checkpoints
+and resumes."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import tiny_model
-from osd_lab.zoo import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "zoo"))
+import train  # noqa: E402
 
 
 def test_draft_shape_gives_the_zoo_draft_and_refuses_odd_widths():

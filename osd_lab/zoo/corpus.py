@@ -1,6 +1,6 @@
 """Loader for the shipped multi-domain corpus (``data/corpus.json.gz``).
 
-The corpus is built once by ``python scripts/build_corpus.py`` and
+The corpus is built once by ``python zoo/build_corpus.py`` and
 shipped with the package, so loading it needs nothing but the standard
 library.  Its format is a gzipped JSON object::
 

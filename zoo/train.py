@@ -1,7 +1,7 @@
 """Rebuild the zoo from the shipped corpus: tokenizer, target and draft.
 
-    python -m osd_lab.zoo.train            # about 40 minutes on 2 CPU cores
-    python -m osd_lab.zoo.train --only draft --draft-domain all --draft-layers 2 \
+    python zoo/train.py            # about 40 minutes on 2 CPU cores
+    python zoo/train.py --only draft --draft-domain all --draft-layers 2 \
         --draft-width 256 --draft-name draft-all   # a draft alone, on the shipped tokenizer
 
 1. A byte-level BPE tokenizer (4096 tokens) is trained on all training text.
@@ -15,7 +15,7 @@ Everything is seeded; weights are saved in float16 (loaded as float32) so the
 shipped zoo stays small. Training checkpoints every ``CHECKPOINT_EVERY`` steps
 into ``<out>/checkpoints/`` and resumes from there when run again with the
 same settings (the checkpoint is removed once the model is saved). Figures for the README come from
-``python -m osd_lab.zoo.report`` afterwards.
+``python zoo/report.py`` afterwards.
 """
 
 import argparse
@@ -29,10 +29,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from osd_lab.models import ZOO_DIR
 from osd_lab.sampling import set_seed
 from osd_lab.zoo.corpus import DOMAINS, load_corpus
 
-ZOO_DIR = Path(__file__).resolve().parent / "models"
 EOS = "<|endoftext|>"
 
 # Model shapes. The draft is one wide-enough layer: on a CPU its step time is

@@ -1,4 +1,4 @@
-"""Build the shipped multi-domain corpus: ``python scripts/build_corpus.py``.
+"""Build the shipped multi-domain corpus: ``python zoo/build_corpus.py``.
 
 A maintainer's script, not part of the installed package (it reads the
 interpreter's standard library and Debian's ``dict-devil``).

@@ -1,6 +1,6 @@
 """Measure the zoo: the figures the README quotes.
 
-    python -m osd_lab.zoo.report [--prompts 50] [--tokens 32]
+    python zoo/report.py [--prompts 50] [--tokens 32]
 
 Per domain: target and draft perplexity on held-out documents, the exact
 acceptance rate alpha = mean over positions of sum_v min(p, q) (temperature 1)
@@ -14,7 +14,7 @@ import argparse
 import torch
 from tqdm.auto import tqdm
 
-from osd_lab.cost import decode_step_time
+from osd_lab.measure import decode_step_time
 from osd_lab.metrics import acceptance_along_greedy, perplexity
 from osd_lab.models import load_pair
 from osd_lab.zoo.corpus import DOMAINS, load_corpus

@@ -1,6 +1,6 @@
 """Train the zoo target's speculative streams and, as the baseline, Medusa heads.
 
-    python -m osd_lab.zoo.train_streams      # 40 minutes on 2 busy CPU cores
+    python zoo/train_streams.py      # 40 minutes on 2 busy CPU cores
 
 (150 steps each: streams 22 minutes, Medusa heads 17, on 2 cores shared with
 other jobs; one step of the streams is about 1.5 s on idle cores.)
@@ -31,7 +31,7 @@ from osd_lab.sampling import set_seed
 from osd_lab.streaming import (STREAMS_DIR, StreamingModel, Streams, load_zoo_target,
                                save_weights)
 from osd_lab.zoo.corpus import DOMAINS, load_corpus
-from osd_lab.zoo.train import token_stream
+from train import token_stream  # zoo/train.py, beside this script
 
 
 def future_ngram_loss(draft_logits: torch.Tensor, input_ids: torch.Tensor,
@@ -41,7 +41,7 @@ def future_ngram_loss(draft_logits: torch.Tensor, input_ids: torch.Tensor,
     draft_logits: ``(B, P, gamma, V)`` at the P ``positions``; input_ids: ``(B, T)``.
     Targets past the end of the window are left out.
     """
-    gamma, num_tokens = draft_logits.shape[2], input_ids.shape[1]
+    gamma = draft_logits.shape[2]
     target_at = positions[:, None] + torch.arange(2, gamma + 2)  # (P, gamma): t + j + 1
     padded = torch.cat([input_ids, input_ids.new_full((len(input_ids), gamma + 1), -100)], 1)
     labels = padded[:, target_at]  # (B, P, gamma), -100 past the end
