@@ -2,20 +2,24 @@
 
     python benchmarks/streaming.py [--prompts 8] [--tokens 48] [--device cpu] [--dtype float32]
 
-On each zoo domain, the same held-out prompts are decoded greedily, with EOS
-off for every method (all make exactly --tokens tokens), by
-  * ``autoregressive_generate`` (KV cache, the baseline),
+On each zoo domain, the same held-out prompts are decoded greedily until
+end-of-text or --tokens, by
+  * ``autoregressive_generate`` of the zoo target (KV cache, the baseline),
+  * ``autoregressive_generate`` of the streams' model: the zoo target with
+    the LoRA adapters it was fine-tuned with jointly with its streams merged
+    in (``load_streaming_model``), the baseline of the streams,
   * ``streaming_generate`` with the zoo's trained streams: a chain, and a tree,
-  * ``streaming_generate`` with the Medusa heads trained on the same data for
-    the same steps: a chain, and a tree,
-  * ``speculative_generate`` with the zoo's draft model (two models).
+  * ``streaming_generate`` with the Medusa heads on the frozen target: a
+    chain, and a tree,
+  * ``speculative_generate`` with the zoo's all-domain draft model (gamma 4).
 Every method is warmed up on one prompt first; then each is timed --repeats
 times, methods interleaved, and the fastest total kept (other programs only
-ever add time). Each prints tokens/s, its speedup over autoregressive decoding
-measured in the same run, mean tokens per target forward pass, and the
-parameters it adds to the target. In float32 every output must equal the
-autoregressive one token for token (the script stops otherwise). Nothing
-here is a test.
+ever add time). Each prints tokens/s, its speed against the autoregressive
+decoding of the model whose output it reproduces (measured in the same run:
+the streams against their own model's), mean tokens per target forward
+pass, and the parameters it adds to the target. In float32 every output must
+equal that autoregressive decoding token for token (the script stops
+otherwise). Nothing here is a test.
 """
 
 import argparse
@@ -33,33 +37,36 @@ from osd_lab.zoo.corpus import DOMAINS, load_corpus
 
 
 def methods(pair, streaming, medusa, args):
-    """name -> (decode one prompt, parameters added to the target)."""
+    """name -> (decode one prompt, parameters added to the target, its baseline)."""
     tokens, tree = args.tokens, dict(tree_nodes=args.tree_nodes, tree_width=args.tree_width)
-    off = dict(eos_token_id=None)  # EOS off: every method makes exactly --tokens tokens
+    plain, own = "autoregressive", "autoregressive, the streams' model"
     return {
-        "autoregressive": (lambda ids: autoregressive_generate(pair.target, ids, tokens, **off), 0),
-        "streaming, chain": (lambda ids: streaming_generate(streaming, ids, tokens, **off),
-                             streaming.extra_parameters()),
+        plain: (lambda ids: autoregressive_generate(pair.target, ids, tokens), 0, plain),
+        own: (lambda ids: autoregressive_generate(streaming.base, ids, tokens), 0, own),
+        "streaming, chain": (lambda ids: streaming_generate(streaming, ids, tokens),
+                             streaming.extra_parameters(), own),
         f"streaming, tree of {args.tree_nodes}": (
-            lambda ids: streaming_generate(streaming, ids, tokens, **tree, **off),
-            streaming.extra_parameters()),
-        "Medusa heads, chain": (lambda ids: streaming_generate(medusa, ids, tokens, **off),
-                                medusa.extra_parameters()),
+            lambda ids: streaming_generate(streaming, ids, tokens, **tree),
+            streaming.extra_parameters(), own),
+        "Medusa heads, chain": (lambda ids: streaming_generate(medusa, ids, tokens),
+                                medusa.extra_parameters(), plain),
         f"Medusa heads, tree of {args.tree_nodes}": (
-            lambda ids: streaming_generate(medusa, ids, tokens, **tree, **off),
-            medusa.extra_parameters()),
+            lambda ids: streaming_generate(medusa, ids, tokens, **tree),
+            medusa.extra_parameters(), plain),
         f"draft model (gamma={args.draft_len})": (
             lambda ids: speculative_generate(pair.target, pair.draft, ids, tokens,
                                              draft_len=args.draft_len,
                                              draft_len_policy="constant",
-                                             vocab_size=pair.vocab_size, **off),
-            pair.draft.num_parameters()),
+                                             vocab_size=pair.vocab_size),
+            pair.draft.num_parameters(), plain),
     }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8, help="timed prompts per domain")
+    parser.add_argument("--streams", default="zoo",
+                        help="the streams to load: zoo (shipped) or a folder of train_streams.py")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--draft-len", type=int, default=4)
@@ -74,34 +81,34 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else get_device()
-    pair = load_pair("zoo", device=device, dtype=getattr(torch, args.dtype))
-    streaming = load_streaming_model(base=pair.target)
+    pair = load_pair("zoo-all", device=device, dtype=getattr(torch, args.dtype))
+    streaming = load_streaming_model(args.streams, base=pair.target)
     medusa = load_medusa_model(base=pair.target)
     decoders = methods(pair, streaming, medusa, args)
     print(f"zoo on {device}, {args.dtype}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}; {args.prompts} held-out prompts x {args.tokens} greedy "
-          f"tokens per domain (EOS off), warm-up 1 prompt, best of {args.repeats} "
+          f"tokens per domain (until end-of-text), warm-up 1 prompt, best of {args.repeats} "
           f"interleaved; streams: gamma {streaming.gamma}, "
           f"{streaming.streams.num_stream_layers} stream layers")
-    print("\n| domain | method | tokens/s | vs autoregressive | tokens per pass | "
+    print("\n| domain | method | tokens/s | vs its autoregressive | tokens per pass | "
           "extra parameters |")
     print("|---|---|---:|---:|---:|---:|")
     corpus = load_corpus()
     for domain in args.domains:
         texts = corpus[domain]["prompts"][:args.prompts + 1]
         prompts = [pair.tokenizer(t, return_tensors="pt").input_ids.to(device) for t in texts]
-        results = time_side_by_side({name: decode for name, (decode, _) in decoders.items()},
+        results = time_side_by_side({name: decode for name, (decode, _, _) in decoders.items()},
                                     prompts[1:], prompts[0], args.repeats)
-        baseline = results["autoregressive"]
-        for name, (_, extra) in decoders.items():
-            result = results[name]
+        for name, (_, extra, baseline_name) in decoders.items():
+            result, baseline = results[name], results[baseline_name]
             if result["outputs"] != baseline["outputs"]:
-                message = f"{domain}, {name}: greedy output differs from autoregressive"
+                message = f"{domain}, {name}: greedy output differs from {baseline_name}"
                 if args.dtype == "float32":
                     raise SystemExit(message)
                 print(f"(note: {message}; {args.dtype} rounding can flip near-ties)")
-            print(f"| {domain} | {name} | {result['tokens'] / result['wall_s']:.1f} | "
-                  f"{baseline['wall_s'] / result['wall_s']:.2f}x | "
+            speed = result["tokens"] / result["wall_s"]
+            print(f"| {domain} | {name} | {speed:.1f} | "
+                  f"{speed / (baseline['tokens'] / baseline['wall_s']):.2f}x | "
                   f"{result['tokens'] / result['passes']:.2f} | {extra:,} |")
     if args.dtype == "float32":
         print("\nall greedy outputs agree token for token")

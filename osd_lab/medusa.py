@@ -18,8 +18,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from osd_lab.checks import check_int
-from osd_lab.streaming import (STREAMS_DIR, check_base_model, load_weights, load_zoo_target,
-                               main_stream, saved_settings)
+from osd_lab.streaming import (STREAMS_DIR, MainPass, check_base_model, load_weights,
+                               load_zoo_target, main_stream, saved_settings)
 
 
 class MedusaHeads(nn.Module):
@@ -65,15 +65,26 @@ class MedusaModel(nn.Module):
         """Main logits ``(B, T, V)`` (the base model's own) and head logits ``(B, T', gamma, V)``.
 
         Arguments as ``StreamingModel.forward``; ``streams_at`` picks the tokens
-        whose heads to run.
+        whose heads to run (default all).
         """
-        out, _, _ = main_stream(self.base, input_ids, cache, main_mask, position_ids)
-        last = out.hidden_states[-1]  # (B, T, d), after the final norm
-        if streams_at is not None:
-            last = last[:, torch.as_tensor(streams_at, device=self.device)]
+        main = self.main_pass(input_ids, cache, main_mask, position_ids)
+        if streams_at is None:
+            streams_at = torch.arange(input_ids.shape[1])
+        return main.logits, self.draft_logits(main, streams_at, cache)
+
+    def main_pass(self, input_ids, cache, main_mask=None, position_ids=None) -> MainPass:
+        """The base model's own pass, kept for ``draft_logits``."""
+        out, main_mask, position_ids = main_stream(self.base, input_ids, cache, main_mask,
+                                                   position_ids)
+        return MainPass(out.logits, out.hidden_states, main_mask, position_ids)
+
+    def draft_logits(self, main: MainPass, streams_at, cache=None) -> torch.Tensor:
+        """Head logits ``(B, T', gamma, V)`` of the tokens ``streams_at`` of the
+        pass ``main`` (the heads read its last hidden states, not the cache)."""
+        last = main.hidden_states[-1][:, torch.as_tensor(streams_at, device=self.device)]
         heads = torch.stack([last + nn.functional.silu(block(last))
                              for block in self.heads.blocks], dim=2)  # (B, T', gamma, d)
-        return out.logits, self.base.lm_head(heads)
+        return self.base.lm_head(heads)
 
 
 def load_medusa_model(name="zoo", *, base: PreTrainedModel | None = None,
@@ -81,5 +92,5 @@ def load_medusa_model(name="zoo", *, base: PreTrainedModel | None = None,
     """The zoo target with its trained Medusa heads (``osd_lab/zoo/models/streams``)."""
     path = STREAMS_DIR if name == "zoo" else Path(name)
     base = base if base is not None else load_zoo_target(device)
-    heads = MedusaHeads(base, **saved_settings(path, "medusaheads"))
+    heads = MedusaHeads(base, **saved_settings(path, "medusaheads", base))
     return MedusaModel(base, load_weights(heads, path)).eval()

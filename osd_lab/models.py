@@ -2,7 +2,7 @@
 
 ``load_pair()`` gives the embedded zoo (offline, shipped with the package);
 ``load_pair("qwen2.5")`` a real Hugging Face pair by preset; and
-``load_pair(("draft/id/or/path", "target/id/or/path"))`` any pair. Taught in
+``load_pair(("target/id/or/path", "draft/id/or/path"))`` any pair. Taught in
 ``notebooks/00_meet_the_zoo``.
 """
 
@@ -18,12 +18,13 @@ from osd_lab.sampling import get_device
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "models"
 
-# Hugging Face pairs as (draft, target); each pair shares one tokenizer.
+# Hugging Face pairs as (target, draft), the package's order everywhere; each pair
+# shares one tokenizer.
 PRESETS = {
-    "qwen2.5": ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
-    "pythia": ("EleutherAI/pythia-70m", "EleutherAI/pythia-1.4b"),
-    "smollm2": ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-1.7B"),
-    "gpt2": ("openai-community/gpt2", "openai-community/gpt2-large"),
+    "qwen2.5": ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
+    "pythia": ("EleutherAI/pythia-1.4b", "EleutherAI/pythia-70m"),
+    "smollm2": ("HuggingFaceTB/SmolLM2-1.7B", "HuggingFaceTB/SmolLM2-135M"),
+    "gpt2": ("openai-community/gpt2-large", "openai-community/gpt2"),
 }
 
 
@@ -82,7 +83,7 @@ def warn_if_draft_larger(target, draft, name="this pair") -> None:
     if sizes[0] > sizes[1]:
         warnings.warn(f"{name}: the draft ({sizes[0] / 1e6:.0f}M parameters) is larger than "
                       f"the target ({sizes[1] / 1e6:.0f}M): speculative decoding cannot be "
-                      f"faster than the target alone. Pass (draft, target) in that order.",
+                      f"faster than the target alone. Pass (target, draft) in that order.",
                       stacklevel=3)
 
 
@@ -124,7 +125,7 @@ def load_pair(name="zoo", *, device=None, dtype=None, allow_download=False) -> M
 
     name: ``"zoo"`` (the offline default; ``"zoo-all"``: its target with a
         draft trained on all four domains), a key of ``PRESETS``, or a tuple
-        ``(draft_id_or_path, target_id_or_path)``.
+        ``(target_id_or_path, draft_id_or_path)``.
     device: defaults to ``get_device()``: ``OSD_LAB_DEVICE`` if set, else cuda,
         then mps, then cpu.
     dtype: defaults to float32, except bfloat16 for hub models on a GPU.
@@ -137,14 +138,14 @@ def load_pair(name="zoo", *, device=None, dtype=None, allow_download=False) -> M
         if name not in PRESETS:
             raise ValueError(f"unknown pair {name!r}: use 'zoo', 'zoo-all', one of "
                              f"{sorted(PRESETS)}, "
-                             f"or a (draft, target) tuple of hub ids or paths")
-        draft_id, target_id = PRESETS[name]
+                             f"or a (target, draft) tuple of hub ids or paths")
+        target_id, draft_id = PRESETS[name]
     else:
         if not (isinstance(name, tuple) and len(name) == 2
                 and all(isinstance(part, (str, os.PathLike)) for part in name)):
-            raise ValueError(f"name must be 'zoo', one of {sorted(PRESETS)}, or a "
-                             f"(draft, target) tuple of two hub ids or paths, got {name!r}")
-        draft_id, target_id = name
+            raise ValueError(f"name must be 'zoo', 'zoo-all', one of {sorted(PRESETS)}, or a "
+                             f"(target, draft) tuple of two hub ids or paths, got {name!r}")
+        target_id, draft_id = name
         name = f"{draft_id} -> {target_id}"
     device = get_device(device)
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)

@@ -262,7 +262,8 @@ class Drafter(Protocol):
                next_token: torch.Tensor, target_output) -> None:
         """Verification kept ``num_accepted`` nodes of ``path``, then ``next_token``
         ``(1,)``; ``target_output`` is what the target's pass gave besides
-        logits (the streams' guesses, for a model that drafts for itself)."""
+        logits (for a model that drafts for itself, its streams' guesses at a
+        node, run on demand). Called before ``Target.commit`` rolls back."""
 
 
 class Target(Protocol):
@@ -367,9 +368,9 @@ def decode(target: Target, drafter: Drafter, policy, sampler: Sampler, max_new_t
         n, next_token = int(verdict.num_accepted[0]), verdict.next_token  # int, (1,)
         # 4. commit: cut at end-of-text or max_new_tokens; both sides roll back
         tokens, finished = keep_tokens(chain, n, next_token, eos_ids, max_new_tokens - num_new)
-        if not finished:
-            target.commit(proposal, path, n, next_token)
+        if not finished:  # the drafter first: it may read the target's pass (streams)
             drafter.commit(proposal, path, n, next_token, target_output)
+            target.commit(proposal, path, n, next_token)
         # 5. observe: the policy and the statistics
         alpha = verdict.alpha[0].tolist()
         policy.observe(drafted=len(proposal.tokens), accepted=n, decided_alpha=alpha[:n + 1],

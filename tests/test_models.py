@@ -42,7 +42,7 @@ def test_zoo_all_is_the_zoo_target_with_the_all_domain_draft(zoo):
 
 
 def test_uncached_preset_fails_clearly(monkeypatch):
-    monkeypatch.setitem(PRESETS, "absent", ("osd-lab/no-such-draft", "osd-lab/no-such-target"))
+    monkeypatch.setitem(PRESETS, "absent", ("osd-lab/no-such-target", "osd-lab/no-such-draft"))
     with pytest.raises(OSError, match=r"pair 'absent'.*osd-lab/no-such-draft.*hf download"):
         load_pair("absent", device="cpu")
 
@@ -56,9 +56,9 @@ def test_unknown_preset():
 @pytest.mark.parametrize("name", [None, ("a",), ("a", "b", "c"), ("a", 2), ["a", "b"]])
 def test_load_pair_refuses_a_name_it_does_not_take(name):
     """Issue 21: None and 1- or 3-tuples were unpacking errors."""
-    with pytest.raises(ValueError, match=r"name must be 'zoo', one of \['gpt2', 'pythia', "
-                                         r"'qwen2.5', 'smollm2'\], or a \(draft, target\) "
-                                         r"tuple of two hub ids or paths, got "):
+    with pytest.raises(ValueError, match=r"name must be 'zoo', 'zoo-all', one of \['gpt2', "
+                                         r"'pythia', 'qwen2.5', 'smollm2'\], or a \(target, "
+                                         r"draft\) tuple of two hub ids or paths, got "):
         load_pair(name, device="cpu")
 
 
@@ -68,7 +68,7 @@ def test_local_tuple_pair(tmp_path):
         model = tiny_model("gpt2", seed, vocab_size=len(zoo_tok) + 64 * seed)  # padded
         model.save_pretrained(tmp_path / part)
         zoo_tok.save_pretrained(tmp_path / part)
-    pair = load_pair((tmp_path / "draft", tmp_path / "target"), device="cpu")
+    pair = load_pair((tmp_path / "target", tmp_path / "draft"), device="cpu")  # (target, draft)
     assert pair.vocab_size == len(zoo_tok)  # the smaller of the two padded sizes
 
 
