@@ -548,12 +548,15 @@ class StreamDrafter:
                  tree_nodes: int | None = None, tree_width: int = 2):
         self.sampler, self.draft_len, self.device = sampler, draft_len, device
         self.tree_nodes, self.tree_width = tree_nodes, tree_width
-        self.kept_streams = None  # () -> (draft_len, V) of the last kept token; None at first
-        self.tree = None  # a tree's (tokens, parents, depths), drafted at commit
+        # what the next block drafts from, None before the first pass: a chain's
+        # () -> (draft_len, V), the kept token's streams, run on demand; a tree's
+        # (tokens, parents, depths), drafted at commit
+        self.kept_streams = self.tree = None
 
     def propose(self, block, room: int):
         depth = min(room, block.most)  # cut to leave room for one more token
-        if self.kept_streams is None or depth == 0:  # before the first pass, or not drafting
+        drafts_from = self.kept_streams if self.tree_nodes is None else self.tree
+        if drafts_from is None or depth == 0:  # before the first pass, or not drafting
             return Proposal(torch.zeros(0, dtype=torch.long, device=self.device))
         if self.tree_nodes is None:  # a chain: run the streams now, for this block only
             tokens, q, top = self.sampler.draw(self.kept_streams()[:depth])  # (depth,)
@@ -570,7 +573,6 @@ class StreamDrafter:
         stream_logits = draft_logits(last_kept)[:self.draft_len]  # before the rollback
         self.tree = tuple(t.to(stream_logits.device) for t in draft_tree(
             stream_logits, self.tree_width, self.tree_nodes))
-        self.kept_streams = lambda: stream_logits
 
 
 _COSTS = weakref.WeakKeyDictionary()  # model -> its SpeculationCosts
@@ -595,17 +597,17 @@ def measure_stream_costs(model, prompt_len: int = 32, repeats: int = 5,
     now = functools.partial(clock, model.device)
     cache, ids = prefilled(model.base, 1, prompt_len, model.gamma + 1)
     sizes = range(1, model.gamma + 2)
-    times, streams = dict.fromkeys(sizes, float("inf")), float("inf")
-    for round_ in range(repeats + 1):  # the first round warms up
-        for n in sizes:
-            seconds = timed_pass(model.base, cache, ids[:, :n], now)
-            times[n] = min(times[n], seconds) if round_ else times[n]
+    rounds = []  # per round: seconds of each pass size, then of the streams
+    for _ in range(repeats + 1):
+        passes = [timed_pass(model.base, cache, ids[:, :n], now) for n in sizes]
         main = model.main_pass(ids[:, :1], cache)
         start = now()
         model.draft_logits(main, [0], cache)
-        streams = min(streams, now() - start) if round_ else streams
+        rounds.append(passes + [now() - start])
         rollback(cache, 1)
-    verify = [1.0] + [(times[n] + streams) / times[1] for n in sizes[1:]]
+    fastest = [min(column) for column in zip(*rounds[1:])]  # the first round warms up
+    *times, streams = fastest
+    verify = [1.0] + [(times[n - 1] + streams) / times[0] for n in sizes[1:]]
     costs = SpeculationCosts(0.0, tuple(verify))
     _COSTS[model] = costs
     return costs
