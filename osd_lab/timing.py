@@ -3,10 +3,14 @@ decoders timed side by side on the same prompts, the honest way.
 
 ``time_side_by_side`` warms every decoder up on one prompt, then times each
 ``repeats`` times over all prompts, decoders interleaved, and keeps the
-fastest total: other programs on the machine only ever add time. Used by
-the main job, the benchmarks, the dashboard and the notebooks.
+fastest total (other programs on the machine only ever add time) beside
+every repeat's total. ``speedups`` turns those into per-repeat ratios
+against a baseline, and ``spread`` says them as a median and a range: a
+conclusion about speed rests on repeats, not on one run. Used by the main
+job, the benchmarks, the dashboard and the notebooks.
 """
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -28,23 +32,40 @@ def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
     ``name -> f(ids)`` returning a ``GenerationOutput``.
 
     warmup: one prompt every decoder reads first, untimed (None: already warm).
-    wall_s is the fastest of ``repeats`` totals; tokens and passes are summed
-    over the prompts; outputs are the token lists (the same on every repeat);
-    stats, each prompt's ``stats`` dict of the last repeat.
+    wall_s is the fastest of ``repeats`` totals and runs_s every total, in
+    order; tokens and passes are summed over the prompts; outputs are the
+    token lists (the same on every repeat); stats, each prompt's stats of
+    the last repeat.
     """
     if warmup is not None:
         for decode in decoders.values():
             decode(warmup)
-    results = {name: dict(wall_s=float("inf")) for name in decoders}
+    results = {name: dict(wall_s=float("inf"), runs_s=[]) for name in decoders}
     for _ in range(repeats):
         for name, decode in decoders.items():
             runs = [decode(ids) for ids in prompts]
+            total = sum(r.stats.wall_time_s for r in runs)
+            results[name]["runs_s"].append(total)
             results[name].update(
-                wall_s=min(results[name]["wall_s"], sum(r.stats.wall_time_s for r in runs)),
+                wall_s=min(results[name]["wall_s"], total),
                 tokens=sum(len(r.tokens) for r in runs),
                 passes=sum(r.stats.target_calls for r in runs),
                 outputs=[r.tokens.tolist() for r in runs], stats=[r.stats for r in runs])
     return results
+
+
+def speedups(results: dict, baseline: str) -> dict[str, list[float]]:
+    """``{name: [baseline total / name's total, one per repeat]}`` from
+    ``time_side_by_side``'s results: repeats ran interleaved, so each ratio
+    compares runs made under the same machine load."""
+    base = results[baseline]["runs_s"]
+    return {name: [b / t for b, t in zip(base, r["runs_s"])] for name, r in results.items()}
+
+
+def spread(values: list[float], unit: str = "x") -> str:
+    """``'1.23x (1.10-1.31x, 3 runs)'``: the median, then the range."""
+    return (f"{statistics.median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f}{unit}, "
+            f"{len(values)} runs)")
 
 
 class CountCalls:
