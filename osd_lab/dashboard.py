@@ -45,6 +45,8 @@ DEFAULTS = dict(draft_len=4,
                 stream="sharp", queries=60, buffer_size=ONLINE.buffer_size, lr=1e-3,
                 keep_fraction=0.0, draft_len_policy=ONLINE.draft_len_policy)
 MAX_WINDOW = 20  # queries in a moving average, at most
+# ipywidgets cuts a label at 80 px ("update ev..."): room for the longest, same for all
+LABEL_WIDTH, CONTROL_WIDTH = "13em", "29em"
 
 
 def check_settings(draft_len, update_interval, temperature, loss, stream, queries,
@@ -110,7 +112,7 @@ class Dashboard:
         self.costs = None  # the pair's SpeculationCosts, measured at the first goodput run
         # every setting's starting value; the update interval the decoder would choose
         self.defaults = DEFAULTS | dict(update_interval=default_update_interval())
-        d, style = self.defaults, {"description_width": "initial"}
+        d = self.defaults
         self.controls = dict(
             draft_len=widgets.IntSlider(d["draft_len"], *LIMITS["draft_len"],
                                         description="draft len"),
@@ -129,8 +131,10 @@ class Dashboard:
                                       max=LR_EXPONENTS[1], step=0.25, description="lr"),
             loss=widgets.Dropdown(options=DIVERGENCES, value=d["loss"], description="loss"),
             keep_fraction=widgets.FloatSlider(value=d["keep_fraction"], min=0.0, max=1.0,
-                                              step=0.05, description="AdaSPEC keep (0 = off)",
-                                              style=style))
+                                              step=0.05, description="AdaSPEC keep (0 = off)"))
+        for control in self.controls.values():  # every label in full, the controls aligned
+            control.style.description_width = LABEL_WIDTH
+            control.layout.width = CONTROL_WIDTH
         self.button = widgets.Button(description="Run", button_style="primary")
         self.button.on_click(lambda _: self.run())
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="progress")

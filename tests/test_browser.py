@@ -3,8 +3,9 @@
 The test starts a throwaway JupyterLab server (its own config, data and
 runtime folders, a token, a free localhost port, the announcements plugin
 off, fast settings), opens ``notebooks/07_dashboard.ipynb``, runs every cell,
-moves the draft-length and update-interval sliders with the keyboard, presses
-Run, and checks that the status line and the alpha plot change. Widgets are
+checks that no control's label is cut off, moves the draft-length and
+update-interval sliders with the keyboard, presses Run, and checks that the
+status line and the alpha plot change. Widgets are
 found by the CSS classes ``osd_lab.dashboard.Dashboard`` gives them
 (``osd-draft-len``, ``osd-run``, ...). On failure a screenshot is saved to a
 temporary folder and its path printed.
@@ -160,6 +161,11 @@ def drive_dashboard(page, base_url, token):
     wait_idle(page, NOTEBOOK_RUN_S)
 
     page.locator(".osd-dashboard").scroll_into_view_if_needed()  # cells off screen are not drawn
+    # every control's label is shown in full, not cut to "update ev..."
+    cut = page.evaluate("""() => [...document.querySelectorAll('.osd-dashboard .widget-label')]
+        .filter(label => label.textContent && label.scrollWidth > label.clientWidth)
+        .map(label => label.textContent)""")
+    assert cut == [], f"labels cut off: {cut}"
     status, plot = page.locator(".osd-status"), page.locator(".osd-plot")
     status_before, plot_before = status.text_content(), plot.get_attribute("src")
     assert "query 8/8" in status_before, status_before  # the notebook's last click
