@@ -44,19 +44,25 @@ def notebooks() -> list[Path]:
 
 
 def _without_docstrings(source: str) -> str:
-    """The module's syntax tree, printed, without docstrings (and, being a tree, without comments)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
+    """``source`` without its docstrings, comment lines and blank lines.
+
+    Line-based (the syntax tree only says where each docstring is), so the
+    result is the same on every Python version; a comment after code counts.
+    """
+    dropped = set()
+    for node in ast.walk(ast.parse(source)):
         body = getattr(node, "body", None)
         if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
                 and body and isinstance(body[0], ast.Expr)
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+            dropped.update(range(body[0].lineno, body[0].end_lineno + 1))
+    return "\n".join(line.rstrip() for number, line in enumerate(source.splitlines(), start=1)
+                     if number not in dropped and line.strip()
+                     and not line.lstrip().startswith("#"))
 
 
 def package_hash() -> str:
-    """sha256 over the package's code (as syntax trees) and its shipped data, path by path."""
+    """sha256 over the package's code (without docstrings and comments) and its shipped data, path by path."""
     digest = hashlib.sha256()
     for path in sorted(p for p in PACKAGE.rglob("*") if p.is_file()
                        and "__pycache__" not in p.parts and p.suffix != ".pyc"):

@@ -22,8 +22,8 @@ def test_every_notebook_ran_on_the_code_it_shows():
                        "    .venv/bin/python scripts/execute_notebooks.py " + " ".join(stale))
 
 
-def test_the_hash_ignores_comments_and_docstrings_not_code():
+def test_the_hash_ignores_comment_lines_and_docstrings_not_code():
     strip = execute_notebooks._without_docstrings
     plain = "def f(x):\n    return x + 1\n"
-    assert strip(plain) == strip('def f(x):\n    """Adds one."""\n    return x + 1  # one\n')
+    assert strip(plain) == strip('def f(x):\n    """Adds one."""\n\n    # one\n    return x + 1\n')
     assert strip(plain) != strip("def f(x):\n    return x + 2\n")
