@@ -10,7 +10,7 @@ the trained streams). After executing a notebook this script writes a hash of
 those into its metadata (``metadata.osd_lab.inputs``); ``tests/test_freshness.py``
 fails when a stored hash differs from today's, naming the command above. So
 editing a code cell, or the package, without re-executing what shows it
-turns CI red. Comments, docstrings and markdown are left out of the hash:
+turns CI red. Comment lines, docstrings and markdown are left out of the hash:
 they change no output.
 
 Run it on a quiet machine (the notebooks time things): it prints each
