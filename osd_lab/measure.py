@@ -25,7 +25,8 @@ from osd_lab.timing import clock
 
 @torch.inference_mode()
 def decode_step_time(model, prompt_len: int = 32, steps: int = 64, repeats: int = 3) -> float:
-    """Median seconds per one-token forward pass with a KV cache (batch 1)."""
+    """Seconds per one-token forward pass with a KV cache (batch 1): the
+    fastest of ``repeats`` runs of ``steps`` passes (other programs only add time)."""
     check_int("prompt_len", prompt_len, low=1)
     check_int("steps", steps, low=1)
     check_int("repeats", repeats, low=1)
@@ -39,7 +40,7 @@ def decode_step_time(model, prompt_len: int = 32, steps: int = 64, repeats: int 
         for _ in range(steps):
             token = forward(model, token, cache).logits[:, -1:].argmax(-1)
         times.append((clock(model.device) - start) / steps)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    return min(times[1:])
 
 
 def measure_cost_ratio(pair) -> float:
