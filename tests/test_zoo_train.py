@@ -47,3 +47,14 @@ def test_an_interrupted_run_resumes_where_its_checkpoint_left_off(tmp_path, monk
     assert losses == pytest.approx(expected)
     for a, b in zip(whole.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_the_streams_script_refuses_a_checkpoint_of_other_settings(tmp_path):
+    """A rerun with other settings must not silently resume someone else's run."""
+    import train_streams
+    checkpoint = tmp_path / "streams.pt"
+    torch.save(dict(settings=dict(steps=900, lr=3e-3)), checkpoint)
+    trainable = torch.nn.Linear(2, 2)
+    with pytest.raises(SystemExit, match="other settings"):
+        train_streams.train(None, trainable, None, 150, 2, 8, 2, 3e-3, 0, checkpoint, 25,
+                            "streams", settings=dict(steps=150, lr=3e-3))

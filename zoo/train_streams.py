@@ -15,7 +15,8 @@ Medusa heads (``--only medusa``): the target stays frozen and the heads learn
 the same future n-gram objective. Both see the zoo's training text (all four
 domains) in random windows, seeded. Every ``--checkpoint-every`` steps the
 trainable weights, the optimizer and the data generator are saved under
-``--checkpoints``; a rerun resumes from there. At the end the script prints
+``--checkpoints``; a rerun with the same settings resumes from there (one
+with other settings is refused: another ``--checkpoints`` folder starts afresh). At the end the script prints
 the held-out perplexity of the main stream and each guess's top-1 accuracy
 per domain. The weights are written in float16 to
 ``osd_lab/zoo/models/streams/``. Taught in ``notebooks/09_speculative_streaming``.
@@ -61,10 +62,11 @@ def future_ngram_loss(draft_logits: torch.Tensor, input_ids: torch.Tensor,
 
 
 def train(model, trainable, stream, steps, batch_size, seq_len, positions_per_window, lr,
-          seed, checkpoint, checkpoint_every, desc, main_loss=False):
+          seed, checkpoint, checkpoint_every, desc, main_loss=False, settings=None):
     """Train ``trainable`` (a part of ``model``) on random windows; resumable.
     ``main_loss``: add the main stream's next-token cross-entropy (the model
-    itself is being fine-tuned)."""
+    itself is being fine-tuned). ``settings`` (a dict) is saved with each
+    checkpoint; a checkpoint saved with other settings is refused, not resumed."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(trainable.parameters(), lr=lr, weight_decay=0.0)
     # cosine decay from lr to lr / 10
@@ -73,6 +75,10 @@ def train(model, trainable, stream, steps, batch_size, seq_len, positions_per_wi
     first_step, losses = 0, []
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
+        if state.get("settings") != settings:
+            raise SystemExit(f"{checkpoint} holds a run with other settings "
+                             f"({state.get('settings')}, not {settings}): pass another "
+                             "--checkpoints folder, or delete it to start over")
         trainable.load_state_dict(state["weights"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -101,7 +107,8 @@ def train(model, trainable, stream, steps, batch_size, seq_len, positions_per_wi
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save(dict(weights=trainable.state_dict(), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict(),
-                            generator=gen.get_state(), step=step + 1, losses=losses),
+                            generator=gen.get_state(), step=step + 1, losses=losses,
+                            settings=settings),
                        checkpoint)
     trainable.eval()
     return losses
@@ -170,7 +177,9 @@ def main(argv=None):
         losses = train(model, trainable, stream, steps, args.batch_size, args.seq_len,
                        args.positions, lr, args.seed + 1, args.checkpoints / f"{name}.pt",
                        args.checkpoint_every, desc=name,
-                       main_loss=name == "streams" and args.base_rank > 0)
+                       main_loss=name == "streams" and args.base_rank > 0,
+                       settings=dict(vars(args), steps=steps, lr=lr, out=None, only=None,
+                                     checkpoints=None, checkpoint_every=None))
         print(f"{name}: loss {sum(losses[:10]) / len(losses[:10]):.3f} (first 10 steps) -> "
               f"{sum(losses[-10:]) / len(losses[-10:]):.3f} (last 10)")
         untuned = load_zoo_target("cpu")
