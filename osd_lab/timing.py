@@ -57,7 +57,10 @@ def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
 def speedups(results: dict, baseline: str) -> dict[str, list[float]]:
     """``{name: [baseline total / name's total, one per repeat]}`` from
     ``time_side_by_side``'s results: repeats ran interleaved, so each ratio
-    compares runs made under the same machine load."""
+    compares runs made under the same machine load. A ratio of wall times is
+    a ratio of speeds only when every decoder made the same tokens (greedy,
+    or sampling without an end-of-text stop); otherwise compare tokens per
+    second."""
     base = results[baseline]["runs_s"]
     return {name: [b / t for b, t in zip(base, r["runs_s"])] for name, r in results.items()}
 

@@ -117,10 +117,21 @@ def execute(notebook: Path, timeout_s: int) -> tuple[float, float]:
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    nb = nbformat.read(notebook, as_version=4)
+    nb = without_widget_state(nbformat.read(notebook, as_version=4))
     nb.metadata[KEY] = {"inputs": inputs_hash(notebook)}
     nbformat.write(nb, notebook)
     return wall, cpu
+
+
+def without_widget_state(nb):
+    """``nb`` without saved widget state (kernel-specific noise, ~100 kB): no
+    ``metadata.widgets``, and each widget output keeps only its text form
+    (a saved widget view shows "model not found" once the kernel is gone)."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    return nb
 
 
 def main():
