@@ -262,7 +262,7 @@ def print_goodput_choices(costs):
     choices = []
     for a in (0.6, 0.7, 0.8, 0.9, 0.95):  # goodput's best block at each alpha, and its speedup
         policy = GoodputPolicy(costs, alpha=a)
-        best = max(range(policy.max_draft_len + 1), key=policy.goodput)
+        best = policy.best_draft_len()
         choices.append(f"alpha {a}: gamma = {best}, {policy.goodput(best):.2f}x")
     print(f"goodput's choice at those costs: {', '.join(choices)}")
 

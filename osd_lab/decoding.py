@@ -78,7 +78,6 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
     sampler = Sampler(temperature, top_k, top_p, generator)
     start = clock(model.device)
     cache = new_cache(model) if use_cache else None
-    sequence = input_ids  # (1, T + generated so far)
     step_input = input_ids  # what the next forward pass reads
     new_tokens = []
     for _ in range(max_new_tokens):
@@ -91,9 +90,10 @@ def autoregressive_generate(model: PreTrainedModel, input_ids, max_new_tokens: i
         if top is not None:
             check_top_logits(top)
         new_tokens.append(token)
-        sequence = torch.cat([sequence, token[:, None]], dim=1)
-        # 3. with a cache the next pass reads one token; without, everything
-        step_input = token[:, None] if use_cache else sequence
+        # 3. with a cache the next pass reads the new token; without, the
+        #    whole sequence (1, T + generated so far) again
+        step_input = (token[:, None] if use_cache
+                      else torch.cat([step_input, token[:, None]], dim=1))
         if first_eos(token, eos_ids) is not None:
             break
     wall = clock(model.device) - start

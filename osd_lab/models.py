@@ -89,8 +89,11 @@ def warn_if_draft_larger(target, draft, name="this pair") -> None:
 
 def _load(path_or_id, dtype, local_files_only, what):
     try:
+        # transformers (5.0-5.24) looks for a peft adapter config on the hub
+        # even with local_files_only, unless its adapter_kwargs say so too
         model = AutoModelForCausalLM.from_pretrained(
-            path_or_id, dtype=dtype, local_files_only=local_files_only)
+            path_or_id, dtype=dtype, local_files_only=local_files_only,
+            adapter_kwargs={"local_files_only": local_files_only})
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_files_only)
     except OSError as err:
         raise OSError(

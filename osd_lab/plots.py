@@ -21,20 +21,10 @@ def domain_shifts(domains):
     return [(i, d) for i, d in enumerate(domains) if i == 0 or d != domains[i - 1]]
 
 
-def block_moving_average(values, domains, window, max_blocks=12):
-    """``moving_average`` that restarts at each domain shift of a sharp stream
-    (at most ``max_blocks`` blocks), so that no average mixes two domains; over
-    a stream that shifts more often (smooth, iid), the plain moving average."""
-    starts = [i for i, _ in domain_shifts(domains)]
-    if len(starts) > max_blocks:
-        return moving_average(values, window)
-    bounds = starts + [len(values)]
-    return [v for a, b in zip(bounds, bounds[1:]) for v in moving_average(values[a:b], window)]
-
-
 def block_spans(domains, max_blocks=12):
     """``(start, stop)`` of each domain block of a sharp stream (at most
-    ``max_blocks`` blocks), or one span over a stream that shifts more often."""
+    ``max_blocks`` blocks), or one span over a stream that shifts more often
+    (smooth, iid)."""
     starts = [i for i, _ in domain_shifts(domains)]
     if len(starts) > max_blocks:
         starts = [0]
@@ -42,12 +32,12 @@ def block_spans(domains, max_blocks=12):
 
 
 def plot_by_block(ax, values, domains, window, **style):
-    """``block_moving_average`` of ``values``, one line per domain block, so
-    that no line joins two domains (the label on the first block only)."""
-    averaged = block_moving_average(values, domains, window)
+    """The moving average of ``values`` restarting at each domain block, one
+    line per block, so that no line joins two domains (the label on the first
+    block only)."""
     for n, (a, b) in enumerate(block_spans(domains)):
-        ax.plot(range(a, b), averaged[a:b], **(style if n == 0 else
-                                                {k: v for k, v in style.items() if k != "label"}))
+        ax.plot(range(a, b), moving_average(values[a:b], window),
+                **(style if n == 0 else {k: v for k, v in style.items() if k != "label"}))
 
 
 def plot_alpha(history, ax=None, window=20, title="alpha over queries"):
@@ -104,24 +94,6 @@ def plot_speed(history, ax=None, window=20, break_even=None):
                    if n == 0 else None)
     ax.set(xlabel="query", ylabel=f"tokens/s (moving average, {window})", ylim=(0, None))
     ax.legend(loc="lower right", fontsize=8)
-    return ax
-
-
-def plot_alpha_before_after(before, after, domains, ax=None,
-                            title="held-out alpha before and after the stream"):
-    """Grouped bars: ``before[d]`` and ``after[d]`` (alpha per domain ``d`` in
-    ``domains``), each bar labelled with its value. Notebook 06, section 5."""
-    ax = ax or plt.subplots(figsize=(7, 3))[1]
-    xs = range(len(domains))
-    for offset, values, label, colour in ((-0.2, before, "before", "tab:grey"),
-                                          (0.2, after, "after", "tab:blue")):
-        bars = ax.bar([x + offset for x in xs], [values[d] for d in domains], width=0.4,
-                      label=label, color=colour)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(list(xs), domains)
-    ax.set(ylabel="alpha (held-out prompts)", ylim=(0, 1.25), title=title)
-    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.legend(loc="upper right", ncol=2, fontsize=8)
     return ax
 
 
@@ -185,7 +157,8 @@ def plot_draft_schedule(schedule, cap, draft_lens, most_accepted, ax=None, title
     return ax
 
 
-def plot_method_bars(values, errors=None, ax=None, ylabel=None, title=None, reference=None):
+def plot_method_bars(values, errors=None, ax=None, ylabel=None, title=None, reference=None,
+                     value_labels=False):
     """Grouped bars: one group per key of each method's dict (e.g. a domain),
     one bar per method, with optional error bars.
 
@@ -193,8 +166,10 @@ def plot_method_bars(values, errors=None, ax=None, ylabel=None, title=None, refe
     errors: ``{method: {group: (low, high)}}``, e.g. the range over repeats
         (the bar is then best drawn at the median).
     reference: a y value drawn as a grey dashed line (e.g. 1 for a speedup).
-    The legend sits outside the axes, covering no bar. Used by notebook 09
-    (speedup and tokens per pass per method and domain). Returns the Axes.
+    value_labels: write each bar's value above it.
+    The legend sits outside the axes, covering no bar. Used by notebooks 04,
+    06 (alpha before and after) and 09 (speedup and tokens per pass per method
+    and domain). Returns the Axes.
     """
     if ax is None:
         ax = plt.subplots(figsize=(9, 3.5))[1]
@@ -208,7 +183,9 @@ def plot_method_bars(values, errors=None, ax=None, ylabel=None, title=None, refe
         if errors is not None and method in errors:
             yerr = [[h - errors[method][g][0] for h, g in zip(heights, groups)],
                     [errors[method][g][1] - h for h, g in zip(heights, groups)]]
-        ax.bar(xs, heights, width, yerr=yerr, capsize=2, label=method)
+        bars = ax.bar(xs, heights, width, yerr=yerr, capsize=2, label=method)
+        if value_labels:
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(groups)), groups)

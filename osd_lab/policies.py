@@ -204,9 +204,14 @@ class GoodputPolicy:
         cost = gamma * self.costs.draft_step + self.costs.verify_cost(gamma + 1)
         return expected_tokens_per_step(self.alpha if alpha is None else alpha, gamma) / cost
 
+    def best_draft_len(self, alpha: float | None = None) -> int:
+        """The length in ``0..max_draft_len`` with the most goodput at the
+        running alpha (or the one given), probes aside; changes nothing."""
+        return max(range(self.max_draft_len + 1), key=lambda g: self.goodput(g, alpha))
+
     def next_draft_len(self) -> int:
         """The draft length for the next step (0: decode this step without drafting)."""
-        best = max(range(self.max_draft_len + 1), key=self.goodput)
+        best = self.best_draft_len()
         if best > 0:  # drafting: if it stops, probe again soon
             self.plain_steps, self.probing = 0, False
             self.probe_gap = min(RESUME_GAP, self.probe_every)

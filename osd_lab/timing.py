@@ -2,7 +2,8 @@
 decoders timed side by side on the same prompts, the honest way.
 
 ``time_side_by_side`` warms every decoder up on one prompt, then times each
-``repeats`` times over all prompts, decoders interleaved, and keeps the
+``repeats`` times over all prompts, decoders interleaved prompt by prompt in
+a rotating order, and keeps the
 fastest total (other programs on the machine only ever add time) beside
 every repeat's total. ``speedups`` turns those into per-repeat ratios
 against a baseline, and ``spread`` says them as a median and a range: a
@@ -28,8 +29,13 @@ def clock(device: torch.device) -> float:
 
 def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
                       repeats: int = 2) -> dict:
-    """``{name: dict(wall_s, tokens, passes, outputs, stats)}`` for decoders
-    ``name -> f(ids)`` returning a ``GenerationOutput``.
+    """``{name: dict(wall_s, runs_s, tokens, passes, outputs, stats)}`` for
+    decoders ``name -> f(ids)`` returning a ``GenerationOutput``.
+
+    Every prompt is decoded by every decoder back to back, in an order that
+    rotates from prompt to prompt and repeat to repeat, so that no decoder is
+    always the first after a pause or the one that runs next to a busy
+    neighbour: each repeat's totals were made under the same machine load.
 
     warmup: one prompt every decoder reads first, untimed (None: already warm).
     wall_s is the fastest of ``repeats`` totals and runs_s every total, in
@@ -40,17 +46,23 @@ def time_side_by_side(decoders: dict[str, Callable], prompts: list, warmup=None,
     if warmup is not None:
         for decode in decoders.values():
             decode(warmup)
-    results = {name: dict(wall_s=float("inf"), runs_s=[]) for name in decoders}
-    for _ in range(repeats):
-        for name, decode in decoders.items():
-            runs = [decode(ids) for ids in prompts]
-            total = sum(r.stats.wall_time_s for r in runs)
+    names = list(decoders)
+    results = {name: dict(wall_s=float("inf"), runs_s=[]) for name in names}
+    for repeat in range(repeats):
+        runs = {name: [] for name in names}
+        for i, ids in enumerate(prompts):
+            shift = (repeat * len(prompts) + i) % len(names)
+            for name in names[shift:] + names[:shift]:
+                runs[name].append(decoders[name](ids))
+        for name in names:
+            total = sum(r.stats.wall_time_s for r in runs[name])
             results[name]["runs_s"].append(total)
             results[name].update(
                 wall_s=min(results[name]["wall_s"], total),
-                tokens=sum(len(r.tokens) for r in runs),
-                passes=sum(r.stats.target_calls for r in runs),
-                outputs=[r.tokens.tolist() for r in runs], stats=[r.stats for r in runs])
+                tokens=sum(len(r.tokens) for r in runs[name]),
+                passes=sum(r.stats.target_calls for r in runs[name]),
+                outputs=[r.tokens.tolist() for r in runs[name]],
+                stats=[r.stats for r in runs[name]])
     return results
 
 
@@ -58,9 +70,15 @@ def speedups(results: dict, baseline: str) -> dict[str, list[float]]:
     """``{name: [baseline total / name's total, one per repeat]}`` from
     ``time_side_by_side``'s results: repeats ran interleaved, so each ratio
     compares runs made under the same machine load. A ratio of wall times is
-    a ratio of speeds only when every decoder made the same tokens (greedy,
-    or sampling without an end-of-text stop); otherwise compare tokens per
-    second."""
+    a ratio of speeds only when every decoder made as many tokens per prompt
+    (greedy, or sampling without an end-of-text stop): a ValueError otherwise
+    (compare tokens per second then)."""
+    lengths = [len(tokens) for tokens in results[baseline]["outputs"]]
+    for name, r in results.items():
+        if [len(tokens) for tokens in r["outputs"]] != lengths:
+            raise ValueError(f"speedups: {name!r} made other numbers of tokens per prompt "
+                             f"than {baseline!r}, so their times do not compare; compare "
+                             f"tokens per second (tokens / wall_s) instead")
     base = results[baseline]["runs_s"]
     return {name: [b / t for b, t in zip(base, r["runs_s"])] for name, r in results.items()}
 

@@ -130,8 +130,8 @@ def plan(args, out: Path):
     half = "bfloat16" if device == "cuda" else "float32"
     # a 1.5B-shaped target drafted for by its own first layers, at alpha 0.6 / 0.8 / 0.95
     real_pair = "layered-qwen2.5" if device == "cuda" else "layered-qwen2-tiny"
-    zoo_size = ["--prompts", "3", "--tokens", "24"] if args.quick else []
-    real_size = ["--prompts", "2", "--tokens", "24"] if args.quick else ["--prompts", "10"]
+    zoo_size = ["--prompts", "2", "--tokens", "16"] if args.quick else []
+    real_size = ["--prompts", "2", "--tokens", "16"] if args.quick else ["--prompts", "10"]
     speed = [python, "benchmarks/speed.py", "--device", device]
     stages = [
         ("tests", pytest, 0.55, {"OSD_LAB_TEST_DEVICE": device}),

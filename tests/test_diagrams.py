@@ -30,7 +30,7 @@ def test_online_plots_draw_one_line_per_block():
     import matplotlib.pyplot as plt
     from matplotlib.axes import Axes
 
-    from osd_lab.plots import plot_alpha, plot_alpha_before_after, plot_speed, plot_tau
+    from osd_lab.plots import plot_alpha, plot_speed, plot_tau
     history = _sharp_history()
     ax = plot_alpha(history, window=3)
     averages = [line for line in ax.lines if line.get_color() == "tab:blue"
@@ -39,9 +39,6 @@ def test_online_plots_draw_one_line_per_block():
     assert max(averages[1].get_ydata()) < 0.5  # the math block's average holds no sql query
     for draw in (plot_tau, plot_speed):
         assert isinstance(draw(history, window=3), Axes)
-    ax = plot_alpha_before_after({"sql": 0.9, "math": 0.4}, {"sql": 0.8, "math": 0.6},
-                                 ["sql", "math"])
-    assert isinstance(ax, Axes) and len(ax.patches) == 4
     plt.close("all")
 
 
@@ -80,7 +77,10 @@ def test_plot_method_bars():
     values = {"a": {"sql": 1.2, "code": 0.8}, "b": {"sql": 1.0, "code": 0.9}}
     errors = {"a": {"sql": (1.1, 1.3), "code": (0.7, 0.9)}}
     ax = plot_method_bars(values, errors, ylabel="speedup", reference=1)
-    assert isinstance(ax, plt.Axes)
+    assert isinstance(ax, plt.Axes) and len(ax.patches) == 4 and not ax.texts
+    plt.close(ax.figure)
+    ax = plot_method_bars(values, value_labels=True)  # e.g. alpha before and after (06)
+    assert sorted(t.get_text() for t in ax.texts) == ["0.80", "0.90", "1.00", "1.20"]
     plt.close(ax.figure)
 
 

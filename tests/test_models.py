@@ -42,9 +42,22 @@ def test_zoo_all_is_the_zoo_target_with_the_all_domain_draft(zoo):
 
 
 def test_uncached_preset_fails_clearly(monkeypatch):
+    """Offline by default, the peft adapter lookup included: transformers 5.x
+    asked the hub for an adapter config despite local_files_only (23 s of
+    retries without a network) unless adapter_kwargs said it too."""
+    from transformers.models.auto import auto_factory
+    asked = []
+    find = auto_factory.find_adapter_config_file
+
+    def spy(model_id, **kwargs):
+        asked.append(kwargs.get("local_files_only"))
+        return find(model_id, **kwargs)
+
+    monkeypatch.setattr(auto_factory, "find_adapter_config_file", spy)
     monkeypatch.setitem(PRESETS, "absent", ("osd-lab/no-such-target", "osd-lab/no-such-draft"))
     with pytest.raises(OSError, match=r"pair 'absent'.*osd-lab/no-such-draft.*hf download"):
         load_pair("absent", device="cpu")
+    assert asked and all(asked)
 
 
 def test_unknown_preset():

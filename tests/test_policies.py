@@ -79,6 +79,10 @@ def test_goodput_policy_follows_alpha_and_costs():
     fresh = GoodputPolicy(FLAT, alpha=0.0)  # never drafted: probes at once, then waits 16, 32
     lens = [fresh.next_draft_len() for _ in range(60)]
     assert [i for i, n in enumerate(lens) if n] == [0, 16, 48]
+    assert (fresh.best_draft_len(), fresh.best_draft_len(alpha=0.9)) == (0, deep)
+    state = vars(fresh).copy()
+    fresh.best_draft_len()  # asks without probing: nothing changes
+    assert vars(fresh) == state
     costly = GoodputPolicy(SpeculationCosts(0.9, (1.0, 2.0, 3.0)), alpha=0.7)
     assert costly.next_draft_len() == 0  # a draft as slow as the target never pays...
     assert not any(costly.next_draft_len() for _ in range(100))  # ... so it never probes

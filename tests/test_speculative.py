@@ -61,7 +61,7 @@ def test_greedy_equals_autoregressive_zoo(device, dtype):
         for i in range(2):
             prompt = zoo.tokenizer(corpus[domain]["prompts"][i], return_tensors="pt").input_ids
             expected = autoregressive_generate(zoo.target, prompt, 24).tokens
-            for draft_len in range(1, 9):
+            for draft_len in (1, 2, 3, 5, 8):
                 out = speculative_generate(zoo.target, zoo.draft, prompt, 24,
                                            draft_len=draft_len, vocab_size=zoo.vocab_size)
                 assert_same_greedy(zoo.target, prompt, expected, out.tokens,
