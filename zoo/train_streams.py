@@ -16,9 +16,9 @@ the same future n-gram objective. Both see the zoo's training text (all four
 domains) in random windows, seeded. Every ``--checkpoint-every`` steps the
 trainable weights, the optimizer and the data generator are saved under
 ``--checkpoints``; a rerun with the same settings resumes from there (one
-with other settings is refused: another ``--checkpoints`` folder starts afresh). At the end the script prints
-the held-out perplexity of the main stream and each guess's top-1 accuracy
-per domain. The weights are written in float16 to
+with other settings is refused: another ``--checkpoints`` folder starts
+afresh). At the end the script prints the held-out perplexity of the main
+stream and each guess's top-1 accuracy per domain. The weights are written in float16 to
 ``osd_lab/zoo/models/streams/``. Taught in ``notebooks/09_speculative_streaming``.
 """
 
